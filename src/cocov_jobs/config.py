@@ -1,0 +1,197 @@
+"""Settings, read once from ``COCOV_*`` environment variables.
+
+Every variable of Cocov's API/Sidekiq keeps its name and meaning (reference §7). New ones:
+``COCOV_DATABASE_URL``, ``COCOV_GITHUB_API_URL``, ``COCOV_GITHUB_URL``, ``COCOV_DATA_DIR`` and the
+operational knobs below. A wrong value stops start-up with one line naming the variable
+(:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default seconds a worker waits for running jobs on SIGTERM (Sidekiq's ``-t`` default).
+DEFAULT_SHUTDOWN_TIMEOUT = 25.0
+#: Default seconds without a heartbeat after which a picked job is considered abandoned.
+DEFAULT_HEARTBEAT_TIMEOUT = 30.0
+
+
+class SettingsError(Exception):
+    """A configuration value is wrong; the message names the variable."""
+
+
+def _check_url(value: str, schemes: tuple[str, ...], *, allow_blank: bool = True) -> str:
+    if not value and allow_blank:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}, got {value!r}")
+    return value
+
+
+class Settings(BaseSettings):
+    """All configuration of cocov-jobs. Field ``x`` is read from ``COCOV_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="COCOV_", extra="ignore", frozen=True)
+
+    # GitHub
+    github_org_name: str = ""
+    github_app_id: str = ""
+    github_app_private_key: str = ""
+    github_app_installation_id: str = ""
+    github_oauth_client_id: str = ""
+    github_oauth_client_secret: str = ""
+    github_webhook_secret_key: str = ""
+    github_api_url: str = "https://api.github.com"
+    github_url: str = "https://github.com"
+
+    ui_base_url: str = "http://localhost:4000"
+    badges_base_url: str = ""
+
+    # Stores. Unset database/redis URLs select the embedded servers (see embedded.py).
+    database_url: str = ""
+    database_username: str = ""
+    database_password: str = ""
+    database_name: str = ""
+    database_host: str = ""
+    database_port: int = 5432
+    redis_url: str = ""
+    redis_cache_url: str = ""
+    sidekiq_redis_url: str = ""
+    data_dir: Path = Path(".cocov")
+
+    allow_outside_collaborators: bool = True
+
+    git_service_storage_mode: Literal["local", "s3"] = "local"
+    git_service_local_storage_path: Path = Path(".git_storage")
+    git_service_s3_storage_bucket_name: str = ""
+
+    cryptographic_key: str | None = None
+    repository_cache_max_size: int = Field(default=0)
+    cache_service_url: str | None = None
+
+    sidekiq_probe_address: str = "0.0.0.0"
+    sidekiq_probe_port: int = Field(default=8668, ge=0, le=65535)
+
+    # cocov-jobs operational settings
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=0, le=65535)
+    worker_concurrency: int = Field(default=10, ge=1, le=1000)
+    shutdown_timeout: float = Field(default=DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
+    heartbeat_timeout: float = Field(default=DEFAULT_HEARTBEAT_TIMEOUT, gt=0)
+    max_attempts: int = Field(default=25, ge=1)
+    org_repos_refresh_minutes: int = Field(default=15, ge=0)
+    reconcile_minutes: int = Field(default=5, ge=0)
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @field_validator("github_api_url", "github_url", "ui_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"), allow_blank=False).rstrip("/")
+
+    @field_validator("badges_base_url")
+    @classmethod
+    def _optional_http_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https")).rstrip("/")
+
+    @field_validator("cache_service_url")
+    @classmethod
+    def _cache_url(cls, value: str | None) -> str | None:
+        return _check_url(value, ("http", "https")) if value else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_url(cls, value: str) -> str:
+        return _check_url(value, ("postgres", "postgresql", "postgresql+asyncpg"))
+
+    @field_validator("redis_url", "redis_cache_url", "sidekiq_redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_url(value, ("redis", "rediss", "unix"))
+
+    @field_validator("repository_cache_max_size")
+    @classmethod
+    def _quota(cls, value: int) -> int:
+        return max(0, value)
+
+    @field_validator("cryptographic_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if len(value.encode()) != 32:
+            raise ValueError(
+                f"must be exactly 32 bytes (AES-256 key used as raw bytes), got {len(value.encode())}"
+            )
+        return value
+
+    @field_validator("github_app_private_key")
+    @classmethod
+    def _private_key(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            pem = base64.b64decode(value, validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("must be the base64 of the App's PEM private key") from exc
+        if b"PRIVATE KEY" not in pem:
+            raise ValueError("must be the base64 of the App's PEM private key")
+        return value
+
+    @model_validator(mode="after")
+    def _s3_bucket(self) -> Settings:
+        if self.git_service_storage_mode == "s3" and not self.git_service_s3_storage_bucket_name:
+            raise ValueError(
+                "COCOV_GIT_SERVICE_S3_STORAGE_BUCKET_NAME must be set when "
+                "COCOV_GIT_SERVICE_STORAGE_MODE is s3"
+            )
+        return self
+
+    # Derived values -------------------------------------------------------------------------
+
+    @cached_property
+    def configured_database_url(self) -> str | None:
+        """The PostgreSQL URL from ``COCOV_DATABASE_URL`` or the Rails-style parts, else None."""
+        if self.database_url:
+            return self.database_url
+        if self.database_host:
+            auth = quote(self.database_username, safe="")
+            if self.database_password:
+                auth += ":" + quote(self.database_password, safe="")
+            name = self.database_name or "cocov"
+            return f"postgresql://{auth}@{self.database_host}:{self.database_port}/{name}"
+        return None
+
+    @property
+    def ui_url(self) -> str:
+        """``COCOV_UI_BASE_URL`` with one trailing slash removed."""
+        return self.ui_base_url
+
+    @property
+    def github_app_private_key_pem(self) -> bytes:
+        return base64.b64decode(self.github_app_private_key)
+
+    @property
+    def cryptographic_key_bytes(self) -> bytes | None:
+        return self.cryptographic_key.encode() if self.cryptographic_key else None
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment; raise :class:`SettingsError` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(part) for part in err["loc"] if part != "__root__"]
+        var = "COCOV_" + loc[0].upper() if loc else "configuration"
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid {var}: {msg}") from None
