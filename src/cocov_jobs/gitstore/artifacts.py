@@ -1,0 +1,115 @@
+"""The ``.tar.zst`` archive, its ``.shasum`` file and the clone size of a checked-out commit.
+
+The archive is ``tar -cf - <sha>`` run in the tree's parent directory (entries prefixed
+``<sha>/``, as the Worker's ``tar --strip-components=1`` expects) piped into ``zstd -T0``;
+no intermediate ``.tar`` is written. Entries are sorted by name and stamped with the commit
+time, so two builds of one commit on one host are byte-identical (zstd's multi-threaded
+output does not depend on the thread count): concurrent publishers of the same commit cannot
+pair one build's archive with another build's digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocov_jobs.gitstore.clone import CloneError
+from cocov_jobs.gitstore.layout import SHASUM_PREFIX, archive_name, shasum_name
+from cocov_jobs.gitstore.process import Completed, run_pipeline
+
+#: Bytes read at a time when hashing the archive.
+HASH_CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Build:
+    """A commit built in a work directory, ready to be published."""
+
+    tree: Path
+    archive: Path
+    shasum: Path
+    #: Cocov's ``clone_size`` (see :func:`clone_size`).
+    size: int
+
+
+def iter_tree_files(root: Path, *, skip_hidden: bool) -> Iterator[tuple[str, Path]]:
+    """Yield ``(relative posix path, path to read)`` for every file under ``root``.
+
+    Regular files are yielded as they are; a symlink is yielded with its target when it
+    resolves to a regular file inside ``root``, and skipped otherwise (broken, a directory,
+    or outside the checkout: a repository must not make us read the host's files).
+    Directories reached through symlinks are not entered. With ``skip_hidden``, names
+    starting with ``.`` (files and directories) are skipped, as Cocov's glob does.
+    """
+    real_root = root.resolve()
+    stack = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if skip_hidden and entry.name.startswith("."):
+                    continue
+                relative = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((Path(entry.path), relative + "/"))
+                elif entry.is_symlink():
+                    target = Path(entry.path).resolve()
+                    if target.is_relative_to(real_root) and target.is_file():
+                        yield relative, target
+                elif entry.is_file(follow_symlinks=False):
+                    yield relative, Path(entry.path)
+
+
+def tree_size(root: Path) -> int:
+    """Sum of the sizes of the files :func:`iter_tree_files` yields with ``skip_hidden``."""
+    return sum(path.stat().st_size for _, path in iter_tree_files(root, skip_hidden=True))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(HASH_CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def clone_size(tree_bytes: int, archive: Path, shasum: Path) -> int:
+    """Cocov's ``clone_size``: tree files (hidden ones skipped) + archive + digest file.
+
+    Cocov also added the size of the intermediate ``<sha>.tar``; that file is never written
+    here, so its size is not counted.
+    """
+    return tree_bytes + archive.stat().st_size + shasum.stat().st_size
+
+
+async def build_artifacts(parent: Path, sha: str, *, mtime: int, env: Mapping[str, str]) -> Build:
+    """Archive ``parent/<sha>`` into ``parent/<sha>.tar.zst`` and write its ``.shasum``.
+
+    Raise :class:`CloneError` (transient) when tar or zstd fails.
+    """
+    archive = parent / archive_name(sha)
+    tar = ("tar", "--sort=name", f"--mtime=@{mtime}", "--format=gnu", "-cf", "-", sha)
+    zstd = ("zstd", "-T0", "-q", "-o", str(archive))
+    (tar_result, zstd_result), tree_bytes = await asyncio.gather(
+        run_pipeline(tar, zstd, cwd=parent, env=env),
+        asyncio.to_thread(tree_size, parent / sha),
+    )
+    _check("tar", tar_result)
+    _check("zstd", zstd_result)
+    shasum = parent / shasum_name(sha)
+    digest = await asyncio.to_thread(sha256_file, archive)
+    await asyncio.to_thread(shasum.write_text, SHASUM_PREFIX + digest, encoding="ascii")
+    return Build(parent / sha, archive, shasum, clone_size(tree_bytes, archive, shasum))
+
+
+def _check(program: str, result: Completed) -> None:
+    if result.returncode != 0:
+        stderr = result.stderr.decode(errors="replace").strip()
+        raise CloneError(
+            f"{program} failed with exit status {result.returncode}: {stderr}", transient=True
+        )
