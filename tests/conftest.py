@@ -1,20 +1,109 @@
-"""Shared fixtures: real Redis and PostgreSQL (see tests/README in the project README)."""
+"""Shared fixtures: real PostgreSQL and Redis.
+
+``COCOV_TEST_DATABASE_URL`` / ``COCOV_TEST_REDIS_URL`` select servers (CI points them at the
+machine's services); when unset, embedded ones are started under ``$TMPDIR`` for the session.
+Each test gets its own database, cloned from a migrated template, and a flushed Redis db.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-#: Redis used by tests: COCOV_TEST_REDIS_URL, else the embedded one (set up by the session fixture).
+from cocov_jobs.config import Settings
+from cocov_jobs.db.migrate import upgrade
+from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
+from cocov_jobs.services import Services, open_services
+
+TEST_DATABASE_URL_ENV = "COCOV_TEST_DATABASE_URL"
 TEST_REDIS_URL_ENV = "COCOV_TEST_REDIS_URL"
 
 
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return os.environ.get(TEST_REDIS_URL_ENV, "redis://127.0.0.1:6379/15")
+def _stores() -> Iterator[dict[str, str]]:
+    with ExitStack() as stack:
+        data_dir = Path(tempfile.gettempdir()) / f"cocov-jobs-test-{os.getuid()}"
+        db_url = os.environ.get(TEST_DATABASE_URL_ENV, "")
+        redis_url = os.environ.get(TEST_REDIS_URL_ENV, "")
+        if not db_url:
+            pg = EmbeddedPostgres(data_dir)
+            pg.start()
+            stack.callback(pg.stop)
+            db_url = pg.url
+        if not redis_url:
+            rd = EmbeddedRedis(data_dir)
+            rd.start()
+            stack.callback(rd.stop)
+            redis_url = rd.url(15)
+        yield {"database": db_url, "redis": redis_url}
+
+
+@pytest.fixture(scope="session")
+def template_database(_stores: dict[str, str]) -> Iterator[str]:
+    """A database migrated once per session, cloned for every test."""
+    name = f"cocov_test_tpl_{uuid.uuid4().hex[:8]}"
+    admin = _stores["database"]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(admin))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        url = with_database(admin, name)
+        engine = create_engine(url)
+        try:
+            await upgrade(engine, url)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_drop(admin, name))
+
+
+async def _drop(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url(_stores: dict[str, str], template_database: str) -> AsyncIterator[str]:
+    """URL of a fresh database with the whole schema, dropped after the test."""
+    admin = _stores["database"]
+    name = f"cocov_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(asyncpg_dsn(admin))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await conn.close()
+    yield with_database(admin, name)
+    await _drop(admin, name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(_stores: dict[str, str]) -> str:
+    return _stores["redis"]
 
 
 @pytest.fixture
@@ -27,3 +116,31 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: fast retries, short timeouts, plus ``overrides``."""
+    values: dict[str, Any] = {
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.2,
+        "heartbeat_timeout": 30.0,
+        "shutdown_timeout": 5.0,
+        "github_org_name": "acme",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def services(
+    settings: Settings, database_url: str, redis_url: str, redis: aioredis.Redis
+) -> AsyncIterator[Services]:
+    async with open_services(
+        settings, database_url=database_url, redis_url=redis_url, redis_cache_url=redis_url
+    ) as opened:
+        yield opened

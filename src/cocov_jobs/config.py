@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(default=DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
     heartbeat_timeout: float = Field(default=DEFAULT_HEARTBEAT_TIMEOUT, gt=0)
     max_attempts: int = Field(default=25, ge=1)
+    retry_base_seconds: float = Field(default=15.0, ge=0)
+    retry_max_seconds: float = Field(default=3600.0, ge=0)
     org_repos_refresh_minutes: int = Field(default=15, ge=0)
     reconcile_minutes: int = Field(default=5, ge=0)
     log_format: Literal["console", "json"] = "console"
@@ -130,7 +132,8 @@ class Settings(BaseSettings):
             return None
         if len(value.encode()) != 32:
             raise ValueError(
-                f"must be exactly 32 bytes (AES-256 key used as raw bytes), got {len(value.encode())}"
+                "must be exactly 32 bytes (AES-256 key used as raw bytes), "
+                f"got {len(value.encode())}"
             )
         return value
 

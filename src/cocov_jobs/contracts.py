@@ -46,9 +46,14 @@ def _task(task: str, **fields: Any) -> str:
 
 
 def evict_artifact_task(repository_id: int, name_hashes: list[str]) -> str:
-    """``evict-artifact`` with ``name_hash`` strings, what the Cache janitor decodes (DESIGN §4.3)."""
+    """``evict-artifact`` with ``name_hash`` strings: what the Cache janitor reads (DESIGN §4.3)."""
     return _task("evict-artifact", repository=repository_id, objects=name_hashes)
 
 
 def purge_repository_task(repository_id: int) -> str:
     return _task("purge-repository", repository=repository_id)
+
+
+def eviction_in_flight_key(repository_id: int) -> str:
+    """Our own key: the ``name_hash`` list of the eviction request in flight for a repository."""
+    return f"cocov:jobs:eviction_in_flight:{repository_id}"

@@ -1,0 +1,1 @@
+"""Database access: models of Cocov's schema, engine/session factory, migrations."""

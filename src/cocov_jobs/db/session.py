@@ -1,0 +1,49 @@
+"""Engine and session factory: the one way to reach PostgreSQL (SQLAlchemy 2 on asyncpg).
+
+Transactional enqueue (queue.enqueue) runs on the same asyncpg connection as the session.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+#: Connections kept per process (worker slots + web requests + housekeeping).
+DEFAULT_POOL_SIZE = 10
+#: Extra connections allowed beyond the pool under bursts.
+DEFAULT_MAX_OVERFLOW = 20
+
+
+def asyncpg_dsn(url: str) -> str:
+    """``postgresql://…`` for asyncpg itself (no SQLAlchemy driver suffix)."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", *parts[1:]))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql+asyncpg://…`` for SQLAlchemy."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql+asyncpg", *parts[1:]))
+
+
+def create_engine(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW
+) -> AsyncEngine:
+    """An engine whose sessions run in UTC (Cocov stores naive UTC timestamps)."""
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"timezone": "UTC", "application_name": "cocov-jobs"}},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,9 @@
+"""The jobs, one module each; importing this package registers them all (queue.REGISTRY)."""
+
+from __future__ import annotations
+
+from cocov_jobs.jobs import (  # noqa: F401
+    compute_repository_commits_size,
+    request_cache_eviction,
+    update_commits_author,
+)

@@ -1,0 +1,1 @@
+"""HTTP: probes now; webhooks, coverage uploads, service API, metrics and dashboard later."""

@@ -1,0 +1,24 @@
+"""The Starlette application served by ``cocov-jobs web`` and ``cocov-jobs run``."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from cocov_jobs.services import Services
+from cocov_jobs.web import probes
+
+
+def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
+    """The web app; ``expect_worker`` makes readiness require a live worker heartbeat."""
+    app = Starlette(routes=[*probes.routes])
+    app.state.services = services
+    app.state.expect_worker = expect_worker
+    return app
+
+
+def create_probe_app(services: Services) -> Starlette:
+    """Probes only, for a worker process (Cocov's Sidekiq probe server)."""
+    app = Starlette(routes=probes.routes)
+    app.state.services = services
+    app.state.expect_worker = True
+    return app

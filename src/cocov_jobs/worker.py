@@ -1,0 +1,289 @@
+"""Worker process: runs jobs from PgQueuer with the retry policy of :mod:`cocov_jobs.queue`.
+
+Shutdown, as Sidekiq documents it
+=================================
+
+1. ``SIGTSTP`` (or :meth:`Worker.quiet`): stop fetching new jobs; running jobs finish. The
+   process stays up until it is told to stop.
+2. ``SIGTERM`` / ``SIGINT``: stop fetching, then wait up to ``COCOV_SHUTDOWN_TIMEOUT`` (25 s)
+   for running jobs. Jobs still running after that are interrupted and put back in the queue
+   at once (not counted as an attempt), so another worker runs them again.
+3. ``SIGKILL`` or a crash: nothing runs; the jobs' heartbeats stop and any worker picks them
+   again after ``COCOV_HEARTBEAT_TIMEOUT`` (30 s).
+
+Each worker keeps a row in ``cocov_jobs_workers`` (host, pid, concurrency, RSS, heartbeat every
+:data:`WORKER_HEARTBEAT_INTERVAL` seconds) for the readiness probe and the dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import signal
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import structlog
+from pgqueuer.db import AsyncpgPoolDriver
+from pgqueuer.models import Job
+from pgqueuer.qm import QueueManager
+from pgqueuer.queries import Queries
+
+from cocov_jobs.db.session import asyncpg_dsn
+from cocov_jobs.errors import PermanentError
+from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.queue import REGISTRY, RetryNotCounted, RetryPolicy, execute, known_job_names
+from cocov_jobs.services import Services
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between two updates of this worker's row in ``cocov_jobs_workers``.
+WORKER_HEARTBEAT_INTERVAL = 5.0
+#: Seconds between two checks of the queue in ``--burst`` mode.
+BURST_POLL_INTERVAL = 0.1
+
+_REQUEUE_NOT_COUNTED = """
+WITH retry AS (
+    UPDATE pgqueuer
+    SET status = 'queued', execute_after = NOW() + $2::interval, updated = NOW(),
+        queue_manager_id = NULL
+    WHERE id = $1::bigint
+    RETURNING id, entrypoint, priority
+)
+INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority, traceback)
+SELECT id, 'queued', entrypoint, priority, $3::jsonb FROM retry
+"""
+
+_BUSY_OR_READY = """
+SELECT count(*) FROM pgqueuer
+WHERE (status = 'queued' AND execute_after <= NOW() + $1::interval) OR status = 'picked'
+"""
+
+
+@dataclasses.dataclass
+class _Queries(Queries):
+    """PgQueuer's queries, with re-queues that do not use up an attempt."""
+
+    async def retry_job(self, job: Job, delay: timedelta, traceback_record: Any) -> None:
+        if traceback_record is not None and traceback_record.exception_type == (
+            RetryNotCounted.__name__
+        ):
+            await self.driver.execute(
+                _REQUEUE_NOT_COUNTED, job.id, delay, traceback_record.model_dump_json()
+            )
+        else:
+            await super().retry_job(job, delay, traceback_record)
+
+
+class Worker:
+    """Runs registered jobs with ``concurrency`` slots until stopped (or drained, in burst)."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        concurrency: int | None = None,
+        burst: bool = False,
+        burst_horizon: float = 0.0,
+    ) -> None:
+        """``burst``: stop once no job is running or due within ``burst_horizon`` seconds."""
+        settings = services.settings
+        self.services = services
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.burst = burst
+        self.burst_horizon = timedelta(seconds=burst_horizon)
+        self.shutdown_timeout = settings.shutdown_timeout
+        self.heartbeat_timeout = timedelta(seconds=settings.heartbeat_timeout)
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_delay=settings.retry_base_seconds,
+            max_delay=settings.retry_max_seconds,
+        )
+        self.id = str(uuid.uuid4())
+        self._stop = asyncio.Event()
+        self._quiet = False
+        self._interrupting = False
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._pool: asyncpg.Pool | None = None
+        self._qm: QueueManager | None = None
+
+    # Control -----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop fetching, finish running jobs within the shutdown timeout, then return."""
+        self._stop.set()
+        if self._qm is not None:
+            self._qm.shutdown.set()
+
+    def quiet(self) -> None:
+        """Stop fetching new jobs; keep running until :meth:`stop`."""
+        self._quiet = True
+        if self._qm is not None:
+            self._qm.shutdown.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGTSTP, self.quiet)
+
+    @property
+    def running_jobs(self) -> list[int]:
+        return list(self._running)
+
+    # Main loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        known_job_names()  # import and register every job
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(self.services.database_url),
+            min_size=2,
+            max_size=self.concurrency * 2 + 4,
+            server_settings={"application_name": "cocov-jobs-worker", "timezone": "UTC"},
+        )
+        self._pool = pool
+        qm = QueueManager(_Queries(AsyncpgPoolDriver(pool)))
+        self._qm = qm
+        for name in REGISTRY:
+            qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
+        await self._register()
+        log.info("worker started", worker_id=self.id, concurrency=self.concurrency)
+        batch_size = max(1, self.concurrency // 2)
+        qm_task = asyncio.create_task(
+            qm.run(
+                batch_size=batch_size,
+                max_concurrent_tasks=max(self.concurrency, 2 * batch_size),
+                heartbeat_timeout=self.heartbeat_timeout,
+                dequeue_timeout=timedelta(seconds=1),
+            )
+        )
+        helpers = [asyncio.create_task(self._heartbeat())]
+        if self.burst:
+            helpers.append(asyncio.create_task(self._watch_burst()))
+        try:
+            await self._stop.wait()
+            qm.shutdown.set()
+            await self._drain(qm_task)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if not qm_task.done():
+                qm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await qm_task
+            await self._unregister()
+            await pool.close()
+            log.info("worker stopped", worker_id=self.id)
+
+    async def _drain(self, qm_task: asyncio.Task[None]) -> None:
+        """Wait for running jobs; after the timeout, interrupt and re-queue them."""
+        done, _ = await asyncio.wait({qm_task}, timeout=self.shutdown_timeout)
+        if done:
+            return
+        log.warning("shutdown timeout: re-queueing running jobs", jobs=self.running_jobs)
+        self._interrupting = True
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.wait({qm_task}, timeout=10)
+
+    async def _entry(self, job: Job) -> None:
+        inner = asyncio.create_task(self._execute(job))
+        self._running[job.id] = inner
+        try:
+            await inner
+        except asyncio.CancelledError:
+            if inner.cancelled() and self._interrupting:
+                raise RetryNotCounted(
+                    delay=timedelta(0), reason="worker shut down before the job finished"
+                ) from None
+            raise
+        finally:
+            self._running.pop(job.id, None)
+
+    async def _execute(self, job: Job) -> None:
+        assert self._pool is not None
+        definition = REGISTRY[job.entrypoint]
+        if definition.dedupe is not None:
+            # Release the key: a request arriving during this run queues exactly one more run.
+            await self._pool.execute("UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1", job.id)
+        try:
+            args = json.loads(job.payload or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError("payload is not a JSON object")
+        except ValueError as exc:
+            raise PermanentError(f"malformed job payload: {exc}") from None
+        bound = log.bind(job=definition.name, job_id=job.id, attempt=job.attempts + 1)
+        with structlog.contextvars.bound_contextvars(
+            job=definition.name, job_id=job.id, attempt=job.attempts + 1
+        ):
+            ctx = JobContext(
+                services=self.services,
+                job_id=job.id,
+                name=definition.name,
+                attempts=job.attempts,
+                lock_pool=self._pool,
+                log=bound,
+            )
+            await execute(definition, ctx, args, self.policy)
+
+    # Bookkeeping -------------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        assert self._pool is not None
+        await self._pool.execute(
+            "INSERT INTO cocov_jobs_workers (id, host, pid, concurrency, rss_bytes)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            self.id,
+            socket.gethostname(),
+            os.getpid(),
+            self.concurrency,
+            _rss_bytes(),
+        )
+
+    async def _unregister(self) -> None:
+        assert self._pool is not None
+        with contextlib.suppress(Exception):
+            await self._pool.execute("DELETE FROM cocov_jobs_workers WHERE id = $1", self.id)
+
+    async def _heartbeat(self) -> None:
+        assert self._pool is not None
+        while True:
+            await asyncio.sleep(WORKER_HEARTBEAT_INTERVAL)
+            try:
+                await self._pool.execute(
+                    "UPDATE cocov_jobs_workers SET heartbeat_at = now(), rss_bytes = $2,"
+                    " running = $3, quiet = $4 WHERE id = $1",
+                    self.id,
+                    _rss_bytes(),
+                    len(self._running),
+                    self._quiet,
+                )
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("worker heartbeat failed", error=str(exc))
+
+    async def _watch_burst(self) -> None:
+        """In burst mode, stop once no job is ready (due) or running anywhere."""
+        assert self._pool is not None
+        while not self._stop.is_set():
+            await asyncio.sleep(BURST_POLL_INTERVAL)
+            if self._running:
+                continue
+            if await self._pool.fetchval(_BUSY_OR_READY, self.burst_horizon) == 0:
+                self.stop()
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux ``/proc``), falling back to the peak."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

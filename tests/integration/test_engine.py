@@ -1,0 +1,150 @@
+"""The job engine against real PostgreSQL: enqueue in a transaction, retries, locks, dedupe."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tests.helpers import drain, job_log, jobs
+
+from cocov_jobs import queue
+from cocov_jobs.errors import Deferred, PermanentError
+from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.services import Services
+
+CALLS: list[tuple[str, int]] = []
+FAILURES: dict[str, int] = {}
+
+
+@queue.job()
+async def _test_flaky(ctx: JobContext, key: str, failures: int) -> None:
+    """Fails ``failures`` times, then succeeds."""
+    CALLS.append((key, ctx.attempts))
+    if FAILURES.get(key, 0) < failures:
+        FAILURES[key] = FAILURES.get(key, 0) + 1
+        raise ConnectionError(f"boom {key}")
+
+
+@queue.job()
+async def _test_permanent(ctx: JobContext, key: str) -> None:
+    CALLS.append((key, ctx.attempts))
+    raise PermanentError(f"record {key} is gone")
+
+
+@queue.job()
+async def _test_deferred(ctx: JobContext, key: str) -> None:
+    CALLS.append((key, ctx.attempts))
+    if sum(1 for k, _ in CALLS if k == key) == 1:
+        raise Deferred("rate limited", delay=0.3)
+
+
+@queue.job(lock="res:{key}")
+async def _test_locked(ctx: JobContext, key: str, hold: float) -> None:
+    CALLS.append((key, ctx.attempts))
+    await asyncio.sleep(hold)
+
+
+@queue.job(dedupe="{key}")
+async def _test_deduped(ctx: JobContext, key: str) -> None:
+    CALLS.append((key, ctx.attempts))
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    CALLS.clear()
+    FAILURES.clear()
+
+
+async def test_rollback_leaves_no_job_and_commit_makes_one(services: Services) -> None:
+    with pytest.raises(RuntimeError):
+        async with services.sessions.begin() as session:
+            await queue.enqueue(session, "_test_flaky", key="a", failures=0)
+            raise RuntimeError("rollback")
+    assert await jobs(services) == []
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "_test_flaky", key="a", failures=0)
+    rows = await jobs(services)
+    assert [r["id"] for r in rows] == [job_id]
+    assert rows[0]["args"] == {"key": "a", "failures": 0}
+
+
+async def test_transient_error_is_retried_with_backoff(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "_test_flaky", key="t", failures=2)
+    await drain(services)
+    assert CALLS == [("t", 0), ("t", 1), ("t", 2)]
+    assert await jobs(services) == []
+    statuses = [row["status"] for row in await job_log(services, job_id)]
+    assert statuses.count("queued") == 3  # enqueue + two retries
+    assert statuses[-1] == "successful"
+
+
+async def test_attempts_are_capped(services: Services, settings: object) -> None:
+    from tests.conftest import make_settings
+
+    services.settings = make_settings(max_attempts=3)
+    async with services.sessions.begin() as session:
+        await queue.enqueue(session, "_test_flaky", key="c", failures=10)
+    await drain(services)
+    assert [a for _, a in CALLS] == [0, 1, 2]
+    (row,) = await jobs(services)
+    assert row["status"] == "failed"
+
+
+async def test_permanent_error_is_not_retried_and_keeps_its_reason(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "_test_permanent", key="p")
+    await drain(services)
+    assert CALLS == [("p", 0)]
+    (row,) = await jobs(services)
+    assert row["status"] == "failed" and row["id"] == job_id
+    last = (await job_log(services, job_id))[-1]
+    assert last["status"] == "failed"
+    assert "record p is gone" in str(last["traceback"])
+
+
+async def test_deferred_job_runs_again_without_using_an_attempt(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        await queue.enqueue(session, "_test_deferred", key="d")
+    await drain(services)
+    assert CALLS == [("d", 0), ("d", 0)]
+    assert await jobs(services) == []
+
+
+async def test_busy_lock_requeues_instead_of_blocking(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        await queue.enqueue(session, "_test_locked", key="L", hold=0.5)
+        await queue.enqueue(session, "_test_locked", key="L", hold=0.0)
+    await drain(services, concurrency=4)
+    assert len(CALLS) == 2
+    assert await jobs(services) == []
+
+
+async def test_dedupe_keeps_one_waiting_copy(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        first = await queue.enqueue(session, "_test_deduped", key="k")
+        second = await queue.enqueue(session, "_test_deduped", key="k")
+        other = await queue.enqueue(session, "_test_deduped", key="other")
+    assert first is not None and second is None and other is not None
+    await drain(services)
+    assert sorted(CALLS) == [("k", 0), ("other", 0)]
+
+
+def test_names_resolve_from_every_spelling() -> None:
+    for spelling in (
+        "update_commits_author",
+        "update-commits-author",
+        "UpdateCommitsAuthorJob",
+    ):
+        assert queue.resolve(spelling).name == "update_commits_author"
+    with pytest.raises(queue.UnknownJobError):
+        queue.resolve("nope")
+
+
+def test_arguments_are_validated() -> None:
+    definition = queue.resolve("compute-repository-commits-size")
+    assert definition.validate_positional(["42"]) == {"repository_id": 42}
+    with pytest.raises(queue.JobArgumentsError):
+        definition.validate_positional(["x"])
+    with pytest.raises(queue.JobArgumentsError):
+        definition.validate_positional([])
