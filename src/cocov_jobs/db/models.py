@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import CITEXT
+from sqlalchemy.dialects.postgresql import CITEXT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -519,3 +519,35 @@ class WorkerProcess(OwnBase):
     running: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     quiet: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
     __table_args__ = (Index("cocov_jobs_workers_heartbeat_at", "heartbeat_at"),)
+
+
+class CoverageUpload(OwnBase):
+    """A coverage upload waiting for (or processed by) ``process_coverage``; the job gets its id.
+
+    ``data`` is the reporter's map ``{path: base64}``. Rows are deleted with their repository.
+    """
+
+    __tablename__ = "cocov_jobs_coverage_uploads"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    repository_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha: Mapped[str] = mapped_column(String, nullable=False)
+    data: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (
+        Index("cocov_jobs_coverage_uploads_repository_id_sha", "repository_id", "sha"),
+    )
+
+
+class WebhookDelivery(OwnBase):
+    """A GitHub webhook delivery, recorded in the transaction that applies its effects."""
+
+    __tablename__ = "cocov_jobs_webhook_deliveries"
+    delivery_id: Mapped[str] = mapped_column(String, primary_key=True)
+    event: Mapped[str] = mapped_column(String, nullable=False)
+    action: Mapped[str | None] = mapped_column(String)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (Index("cocov_jobs_webhook_deliveries_received_at", "received_at"),)

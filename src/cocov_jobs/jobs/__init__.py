@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from cocov_jobs.jobs import (  # noqa: F401
     compute_repository_commits_size,
+    destroy_repository,
+    initialize_repository,
+    process_commit,
+    process_coverage,
     request_cache_eviction,
     update_commits_author,
+    update_organization_repos,
+    update_repo_permissions,
+    update_user_permissions,
 )

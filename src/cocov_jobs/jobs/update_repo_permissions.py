@@ -1,0 +1,12 @@
+"""``update_repo_permissions`` — placeholder until issue 3 lands (signature fixed, body pending)."""
+
+from __future__ import annotations
+
+from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.queue import job
+
+
+@job()
+async def update_repo_permissions(ctx: JobContext, repository_id: int) -> None:
+    """Not implemented yet (issue 3)."""
+    raise NotImplementedError("update_repo_permissions is not implemented yet")

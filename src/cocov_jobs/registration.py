@@ -1,0 +1,159 @@
+"""Registering commits and coverage uploads: the one place both webhooks and jobs go through.
+
+:func:`register_head_commit` is what a push webhook and ``initialize_repository`` do, in the
+caller's transaction: create (or reuse) the commit, move the branch head, claim coverage that
+arrived before the commit (DESIGN §4.1) and enqueue its processing, then enqueue
+``process_commit`` unless the commit was already processed (DESIGN §4.11). Because the jobs are
+enqueued in the same transaction that moves the heads, ``process_coverage`` always sees the
+branch heads already moved.
+
+Deferred coverage is claimed in two steps so that a rollback never loses it: the payload is read
+(GET) and stored as an upload inside the transaction; :meth:`Registration.after_commit` deletes
+the Redis key afterwards only if it still holds the same payload (a newer upload stays).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cocov_jobs import contracts, queue
+from cocov_jobs.db.models import CloneStatus, CoverageStatus
+
+_UPSERT_COMMIT = text(
+    """
+    INSERT INTO commits (repository_id, sha, message, author_name, author_email, clone_status,
+                         created_at, updated_at)
+    VALUES (:repository_id, :sha, :message, :author_name, :author_email, :queued,
+            timezone('utc', now()), timezone('utc', now()))
+    ON CONFLICT (sha, repository_id) DO UPDATE SET sha = commits.sha
+    RETURNING id, clone_status, (xmax = 0) AS inserted,
+              EXISTS (SELECT 1 FROM check_sets WHERE check_sets.commit_id = commits.id) AS checked
+    """
+)
+
+_MOVE_HEAD = text(
+    """
+    INSERT INTO branches (repository_id, name, head_id, created_at, updated_at)
+    VALUES (:repository_id, :name, :head_id, timezone('utc', now()), timezone('utc', now()))
+    ON CONFLICT (repository_id, name)
+    DO UPDATE SET head_id = EXCLUDED.head_id, updated_at = EXCLUDED.updated_at
+    """
+)
+
+_RESET_COVERAGE = text(
+    """
+    INSERT INTO coverage_infos (commit_id, status, created_at, updated_at)
+    VALUES (:commit_id, :status, timezone('utc', now()), timezone('utc', now()))
+    ON CONFLICT (commit_id) DO UPDATE SET status = EXCLUDED.status,
+                                          updated_at = EXCLUDED.updated_at
+    """
+)
+
+_DELETE_IF_SAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def canonical_coverage(data: dict[str, Any]) -> str:
+    """The JSON stored for deferred coverage: ``{"<path>": "<base64>"}``, keys sorted."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Registration:
+    """What :func:`register_head_commit` did; call :meth:`after_commit` once committed."""
+
+    commit_id: int
+    created: bool
+    process_commit_job: int | None
+    coverage_upload_id: int | None
+    _claimed: list[tuple[str, bytes | str]] = field(default_factory=list, repr=False)
+
+    async def after_commit(self, redis: aioredis.Redis) -> None:
+        """Forget the deferred coverage this registration stored (when unchanged)."""
+        for key, value in self._claimed:
+            await redis.eval(_DELETE_IF_SAME, 1, key, value)
+        self._claimed.clear()
+
+
+async def queue_coverage(
+    session: AsyncSession,
+    *,
+    repository_id: int,
+    commit_id: int,
+    sha: str,
+    data: dict[str, Any],
+) -> int:
+    """Store an upload for a known commit, mark its coverage ``queued``, enqueue processing.
+
+    Returns the upload id. Runs in the caller's transaction.
+    """
+    upload_id = (
+        await session.execute(
+            text(
+                "INSERT INTO cocov_jobs_coverage_uploads (repository_id, sha, data)"
+                " VALUES (:r, :s, CAST(:d AS jsonb)) RETURNING id"
+            ),
+            {"r": repository_id, "s": sha, "d": json.dumps(data)},
+        )
+    ).scalar_one()
+    await session.execute(
+        _RESET_COVERAGE, {"commit_id": commit_id, "status": int(CoverageStatus.queued)}
+    )
+    await queue.enqueue(
+        session, "process_coverage", repository_id=repository_id, sha=sha, upload_id=upload_id
+    )
+    return int(upload_id)
+
+
+async def register_head_commit(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    *,
+    repository_id: int,
+    branch: str,
+    sha: str,
+    message: str,
+    author_name: str,
+    author_email: str,
+) -> Registration:
+    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work."""
+    row = (
+        await session.execute(
+            _UPSERT_COMMIT,
+            {
+                "repository_id": repository_id,
+                "sha": sha,
+                "message": message,
+                "author_name": author_name,
+                "author_email": author_email,
+                "queued": int(CloneStatus.queued),
+            },
+        )
+    ).one()
+    commit_id, created = int(row.id), bool(row.inserted)
+    processed = row.clone_status == CloneStatus.completed and row.checked
+    await session.execute(
+        _MOVE_HEAD, {"repository_id": repository_id, "name": branch, "head_id": commit_id}
+    )
+    registration = Registration(commit_id, created, None, None)
+    key = contracts.deferred_coverage_key(repository_id, sha)
+    pending = await redis.get(key)
+    if pending is not None:
+        data = json.loads(pending)
+        registration.coverage_upload_id = await queue_coverage(
+            session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
+        )
+        registration._claimed.append((key, pending))
+    if not processed:
+        registration.process_commit_job = await queue.enqueue(
+            session, "process_commit", commit_id=commit_id
+        )
+    return registration
