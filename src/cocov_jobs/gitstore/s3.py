@@ -57,7 +57,11 @@ _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 class S3Storage:
-    """Cloned commits in ``bucket``; ``client`` defaults to ``boto3.client("s3")``."""
+    """Cloned commits in ``bucket``; ``client`` defaults to ``boto3.client("s3")``.
+
+    Clones are built in a fresh directory under ``work_root`` (default: the system's
+    temporary directory), which must have room for one checkout plus its archive.
+    """
 
     def __init__(
         self,
@@ -66,11 +70,13 @@ class S3Storage:
         client: S3Client | None = None,
         clone_timeout: float = CLONE_TIMEOUT,
         concurrency: int = S3_CONCURRENCY,
+        work_root: Path | None = None,
     ) -> None:
         self.bucket = bucket
         self.client = client or boto3.client("s3", config=Config(max_pool_connections=concurrency))
         self.clone_timeout = clone_timeout
         self.concurrency = concurrency
+        self.work_root = work_root
 
     @property
     def mode(self) -> Literal["s3"]:
@@ -83,7 +89,9 @@ class S3Storage:
         self, *, repo_name: str, sha: str, token: str, org: str, github_url: str
     ) -> int:
         check_sha(sha)
-        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=WORK_DIR_PREFIX))
+        work = Path(
+            await asyncio.to_thread(tempfile.mkdtemp, prefix=WORK_DIR_PREFIX, dir=self.work_root)
+        )
         try:
             remote = remote_url(github_url, org, repo_name)
             build = await build_commit(
