@@ -1,0 +1,38 @@
+# The README's commands. `make setup` installs everything; `make test` runs the whole suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup system-packages test lint run
+
+setup: system-packages $(BIN)/cocov-jobs
+
+# Debian packages the service needs at run time (embedded stores, clones): installed only when missing.
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql postgresql-contrib"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v git >/dev/null || missing="$$missing git"; \
+	command -v zstd >/dev/null || missing="$$missing zstd"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+$(BIN)/cocov-jobs: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+test:
+	$(BIN)/pytest -q
+
+lint:
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+run:
+	$(BIN)/cocov-jobs run
