@@ -31,7 +31,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 
 log = structlog.get_logger("cocov_jobs")
-console = Console()
+#: Tables keep whole rows when piped (rich would wrap at 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 200)
 T = TypeVar("T")
 
 #: Exit status for usage errors (unknown job, wrong arguments, bad configuration).

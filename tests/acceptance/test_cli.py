@@ -1,0 +1,87 @@
+"""The command line end to end, as separate processes on the test database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from cocov_jobs.services import Services
+from tests.helpers import insert, jobs
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+async def test_enqueue_then_burst_worker_links_commits(services: Services, cli: Cli) -> None:
+    user = await insert(services, "users", login="u7", github_id=77, github_token="gho_x")
+    await insert(services, "user_emails", user_id=user, email="dev@example.com")
+    repo = await insert(
+        services, "repositories", name="api", default_branch="main", token="crt_1", github_id=1
+    )
+    commit = await insert(
+        services,
+        "commits",
+        repository_id=repo,
+        sha="a" * 40,
+        author_name="Dev",
+        author_email="DEV@example.com",
+        message="m",
+        clone_status=0,
+    )
+    enqueued = cli("enqueue", "update-commits-author", str(user))
+    job_id = int(enqueued.stdout.strip())
+    assert [r["id"] for r in await jobs(services)] == [job_id]
+    drained = cli("worker", "--burst")
+    assert drained.returncode == 0
+    async with services.engine.connect() as conn:
+        owner = await conn.scalar(text("SELECT user_id FROM commits WHERE id = :c"), {"c": commit})
+    assert owner == user
+    assert await jobs(services) == []
+
+
+async def test_unknown_job_or_bad_arguments_exit_2_and_enqueue_nothing(
+    services: Services, cli: Cli
+) -> None:
+    unknown = cli("enqueue", "no-such-job", "1", check=False)
+    assert unknown.returncode == 2
+    assert "unknown job 'no-such-job'" in unknown.stderr and "usage:" in unknown.stderr
+    wrong = cli("enqueue", "update-commits-author", "seven", check=False)
+    assert wrong.returncode == 2
+    assert "usage: cocov-jobs enqueue update-commits-author USER_ID" in wrong.stderr
+    missing = cli("enqueue", "UpdateCommitsAuthorJob", check=False)
+    assert missing.returncode == 2
+    assert await jobs(services) == []
+
+
+async def test_permanent_failure_is_listed_with_its_reason(services: Services, cli: Cli) -> None:
+    async with services.sessions.begin() as session:
+        await session.execute(
+            text(
+                "INSERT INTO pgqueuer (priority, entrypoint, payload, status)"
+                " VALUES (0, 'update_commits_author', :p, 'queued')"
+            ),
+            {"p": b'{"user_id": "not a number"}'},
+        )
+    cli("worker", "--burst")
+    listed = cli("jobs", "list", "--json")
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["job"] == "update_commits_author"
+    assert row["state"] == "failed"
+    assert row["attempts"] == 0
+    assert "user_id" in row["error"]
+    table = cli("jobs", "list", "--state", "failed")
+    assert "update_commits_author" in table.stdout
+
+
+def test_bad_settings_stop_startup_with_one_line_naming_the_variable(cli: Cli) -> None:
+    for name, value in (
+        ("COCOV_REPOSITORY_CACHE_MAX_SIZE", "lots"),
+        ("COCOV_CRYPTOGRAPHIC_KEY", "too-short"),
+        ("COCOV_GITHUB_API_URL", "not a url"),
+    ):
+        result = cli("db", "upgrade", check=False, **{name: value})
+        assert result.returncode == 2, name
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0], result.stderr
