@@ -596,8 +596,8 @@ def _items(value: object) -> list[object]:
 
 
 def _build_manifest(data: dict[str, object]) -> Manifest:
+    """The manifest of schema-valid ``data``; mount and pattern checks run in Cocov's order."""
     defaults = _check_defaults(_mapping(_mapping(data.get("defaults")).get("checks")))
-    coverage = data.get("coverage")
     checks = tuple(_build_check(_mapping(raw), defaults) for raw in _items(data.get("checks")))
     exclude_paths = tuple(
         _exclude_pattern(cast(str, raw), index)
@@ -605,12 +605,16 @@ def _build_manifest(data: dict[str, object]) -> Manifest:
     )
     return Manifest(
         version=MANIFEST_VERSION,
-        coverage=None
-        if coverage is None
-        else CoverageSettings(cast("int | None", _mapping(coverage).get("min_percent"))),
+        coverage=_coverage(data.get("coverage")),
         exclude_paths=exclude_paths,
         checks=checks,
     )
+
+
+def _coverage(raw: object) -> CoverageSettings | None:
+    if raw is None:
+        return None
+    return CoverageSettings(min_percent=cast("int | None", _mapping(raw).get("min_percent")))
 
 
 def _check_defaults(raw: dict[str, object]) -> _CheckDefaults:

@@ -110,10 +110,10 @@ def test_complete_fixture_exclusions() -> None:
 
 def test_with_defaults_fixture() -> None:
     manifest = parse_manifest((DATA / "v0.1alpha" / "with_defaults.yaml").read_text())
-    defaults = {"envs": {"TEST": "true"}, "mounts": (mount("secrets:FOO", "~/test"),)}
+    envs, mounts = {"TEST": "true"}, (mount("secrets:FOO", "~/test"),)
     assert manifest.checks == (
-        Check(plugin="cocov/rubocop:v0.1", **defaults),  # type: ignore[arg-type]
-        Check(plugin="cocov/brakeman:v0.1", **defaults),  # type: ignore[arg-type]
+        Check(plugin="cocov/rubocop:v0.1", envs=envs, mounts=mounts),
+        Check(plugin="cocov/brakeman:v0.1", envs=envs, mounts=mounts),
     )
     assert manifest.checks[0].envs is not manifest.checks[1].envs
 
