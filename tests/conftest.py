@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,7 +40,9 @@ def with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def _stores() -> Iterator[dict[str, str]]:
     with ExitStack() as stack:
-        data_dir = Path(tempfile.gettempdir()) / f"cocov-jobs-test-{os.getuid()}"
+        # One private directory per session: concurrent test runs never share servers.
+        data_dir = Path(tempfile.mkdtemp(prefix="cocov-jobs-test-"))
+        stack.callback(shutil.rmtree, data_dir, True)
         db_url = os.environ.get(TEST_DATABASE_URL_ENV, "")
         redis_url = os.environ.get(TEST_REDIS_URL_ENV, "")
         if not db_url:
