@@ -598,12 +598,13 @@ class FakeGitHub:
         status: int = 502,
         times: int = 1,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Answer the next ``times`` requests matching ``method`` (None: any) and ``path_regex``
-        (searched in the recorded path) with ``status``."""
-        payload = dict(body) if body is not None else {"message": f"Injected {status}"}
+        (searched in the recorded path) with ``status``, JSON ``body`` (default: a GitHub-style
+        message) and ``headers``."""
+        payload = body if body is not None else {"message": f"Injected {status}"}
         self._injections.fail(method, path_regex, lambda: _json(payload, status, headers), times)
 
     def rate_limit_next(
