@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import time
@@ -356,3 +357,28 @@ def test_big_repository_is_built_with_fast_import(fake_github: FakeGitHub) -> No
     response = api_get(fake_github, "/repos/acme/big/commits", token, per_page=100)
     assert len(response.json()) == 40
     assert response.json()[0]["commit"]["message"] == "Commit 39"
+
+
+def test_org_membership(fake_github: FakeGitHub) -> None:
+    token = fake_github.add_user("alice")
+    fake_github.add_user("eve", member=False)
+    assert api_get(fake_github, "/orgs/acme/members/alice", token).status_code == 204
+    assert api_get(fake_github, "/orgs/acme/members/eve", token).status_code == 404
+
+
+def test_upload_pack_accepts_gzip_bodies_and_protocol_v2(fake_github: FakeGitHub) -> None:
+    fake_github.add_repo("api")
+    command = "command=ls-refs\n"
+    request = f"{len(command) + 4:04x}{command}".encode() + b"0001" + b"0000"
+    response = httpx.post(
+        fake_github.clone_url("api") + "/git-upload-pack",
+        content=gzip.compress(request),
+        headers={
+            "Authorization": FakeGitHub.git_auth_header(fake_github.issue_installation_token()),
+            "Content-Type": "application/x-git-upload-pack-request",
+            "Content-Encoding": "gzip",
+            "Git-Protocol": "version=2",
+        },
+    )
+    assert response.status_code == 200
+    assert f"{fake_github.head('api')} refs/heads/main".encode() in response.content
