@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
 from cocov_jobs.db.session import create_engine, session_factory
+from cocov_jobs.github.auth import InstallationTokenProvider
+from cocov_jobs.github.client import GitHubClient, installation_client, user_client
+from cocov_jobs.gitstore.storage import CommitStorage, storage_from_settings
 
 
 @dataclass
@@ -26,8 +29,30 @@ class Services:
     redis: aioredis.Redis
     #: Cache Redis (Cocov's db1): organization repositories listing.
     cache_redis: aioredis.Redis
+    _github: GitHubClient | None = field(default=None, repr=False)
+    _storage: CommitStorage | None = field(default=None, repr=False)
+
+    def github(self) -> GitHubClient:
+        """The process's installation client (one token provider, so one refresh at a time)."""
+        if self._github is None:
+            provider = InstallationTokenProvider.from_settings(self.settings, self.redis)
+            self._github = installation_client(self.settings, self.redis, provider=provider)
+        return self._github
+
+    def user_github(self, token: str) -> GitHubClient:
+        """A client acting as a user (close it after use)."""
+        return user_client(self.settings, token)
+
+    @property
+    def storage(self) -> CommitStorage:
+        """Where cloned commits are kept (``COCOV_GIT_SERVICE_STORAGE_MODE``)."""
+        if self._storage is None:
+            self._storage = storage_from_settings(self.settings)
+        return self._storage
 
     async def aclose(self) -> None:
+        if self._github is not None:
+            await self._github.aclose()
         await self.redis.aclose()
         if self.cache_redis is not self.redis:
             await self.cache_redis.aclose()
