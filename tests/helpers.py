@@ -25,9 +25,7 @@ async def jobs(services: Services) -> list[dict[str, Any]]:
                 " execute_after FROM pgqueuer ORDER BY id"
             )
         )
-        return [
-            {**row._asdict(), "args": json.loads(row.payload or b"{}")} for row in rows
-        ]
+        return [{**row._asdict(), "args": json.loads(row.payload or b"{}")} for row in rows]
 
 
 async def job_log(services: Services, job_id: int) -> list[dict[str, Any]]:
