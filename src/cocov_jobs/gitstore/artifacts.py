@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from cocov_jobs.gitstore.clone import CloneError
 from cocov_jobs.gitstore.layout import SHASUM_PREFIX, archive_name, shasum_name
@@ -36,8 +37,19 @@ class Build:
     size: int
 
 
-def iter_tree_files(root: Path, *, skip_hidden: bool) -> Iterator[tuple[str, Path]]:
-    """Yield ``(relative posix path, path to read)`` for every file under ``root``.
+class TreeFile(NamedTuple):
+    """One file of a checked-out tree."""
+
+    #: Posix path relative to the tree's root.
+    relative: str
+    #: File to read: the entry itself, or a symlink's target.
+    path: str
+    #: Size in bytes of ``path``.
+    size: int
+
+
+def iter_tree_files(root: Path, *, skip_hidden: bool) -> Iterator[TreeFile]:
+    """Yield every file under ``root``, in no particular order.
 
     Regular files are yielded as they are; a symlink is yielded with its target when it
     resolves to a regular file inside ``root``, and skipped otherwise (broken, a directory,
@@ -45,8 +57,8 @@ def iter_tree_files(root: Path, *, skip_hidden: bool) -> Iterator[tuple[str, Pat
     Directories reached through symlinks are not entered. With ``skip_hidden``, names
     starting with ``.`` (files and directories) are skipped, as Cocov's glob does.
     """
-    real_root = root.resolve()
-    stack = [(root, "")]
+    real_root = os.path.realpath(root)
+    stack = [(os.fspath(root), "")]
     while stack:
         directory, prefix = stack.pop()
         with os.scandir(directory) as entries:
@@ -55,18 +67,25 @@ def iter_tree_files(root: Path, *, skip_hidden: bool) -> Iterator[tuple[str, Pat
                     continue
                 relative = prefix + entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append((Path(entry.path), relative + "/"))
+                    stack.append((entry.path, relative + "/"))
                 elif entry.is_symlink():
-                    target = Path(entry.path).resolve()
-                    if target.is_relative_to(real_root) and target.is_file():
-                        yield relative, target
+                    target = _file_inside(entry.path, real_root)
+                    if target is not None:
+                        yield TreeFile(relative, target, os.stat(target).st_size)
                 elif entry.is_file(follow_symlinks=False):
-                    yield relative, Path(entry.path)
+                    yield TreeFile(relative, entry.path, entry.stat(follow_symlinks=False).st_size)
+
+
+def _file_inside(link: str, real_root: str) -> str | None:
+    """The regular file ``link`` resolves to, when it lies under ``real_root``."""
+    target = os.path.realpath(link)
+    inside = os.path.commonpath([target, real_root]) == real_root
+    return target if inside and os.path.isfile(target) else None
 
 
 def tree_size(root: Path) -> int:
     """Sum of the sizes of the files :func:`iter_tree_files` yields with ``skip_hidden``."""
-    return sum(path.stat().st_size for _, path in iter_tree_files(root, skip_hidden=True))
+    return sum(file.size for file in iter_tree_files(root, skip_hidden=True))
 
 
 def sha256_file(path: Path) -> str:

@@ -22,6 +22,9 @@ from cocov_jobs.gitstore.process import run
 
 #: ``PATH`` given to git, tar and zstd when the process has none.
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: ``checkout.workers``: files are written by this many processes, 0 meaning one per CPU
+#: (git's parallel checkout; it pays off where creating a file is slow, e.g. network disks).
+CHECKOUT_WORKERS = 0
 #: Replacement text for anything secret in an error message.
 REDACTED = "***"
 
@@ -115,8 +118,8 @@ async def fetch_commit(dest: Path, *, remote: str, sha: str, token: str, home: P
     """Check out commit ``sha`` of ``remote`` into the new directory ``dest``, without ``.git``.
 
     Runs ``git init``, ``git fetch --depth 1 --no-tags <remote> <sha>``, ``git checkout
-    FETCH_HEAD``, then removes ``.git``. Return the commit time (Unix seconds). Raise
-    :class:`CloneError` when a git command fails.
+    FETCH_HEAD`` (parallel, :data:`CHECKOUT_WORKERS`), then removes ``.git``. Return the
+    commit time (Unix seconds). Raise :class:`CloneError` when a git command fails.
     """
     await asyncio.to_thread(dest.mkdir)
     env = base_env(home)
@@ -124,7 +127,8 @@ async def fetch_commit(dest: Path, *, remote: str, sha: str, token: str, home: P
     fetch = ("fetch", "--depth", "1", "--no-tags", "--quiet", remote, sha)
     secrets = (token, basic_credentials(token))
     await _git(dest, git_auth_env(home, token), secrets=secrets, args=fetch)
-    await _git(dest, env, secrets=(), args=("checkout", "-q", "FETCH_HEAD"))
+    checkout = ("-c", f"checkout.workers={CHECKOUT_WORKERS}", "checkout", "-q", "FETCH_HEAD")
+    await _git(dest, env, secrets=(), args=checkout)
     commit_time = int(await _git(dest, env, secrets=(), args=("show", "-s", "--format=%ct")))
     await asyncio.to_thread(shutil.rmtree, dest / ".git")
     return commit_time
@@ -137,7 +141,14 @@ async def _git(
     if result.returncode != 0:
         stderr = scrub(result.stderr.decode(errors="replace").strip(), secrets)
         raise CloneError(
-            f"git {args[0]} failed with exit status {result.returncode}: {stderr}",
+            f"git {_subcommand(args)} failed with exit status {result.returncode}: {stderr}",
             transient=not is_permanent_failure(stderr),
         )
     return result.stdout.decode(errors="replace")
+
+
+def _subcommand(args: tuple[str, ...]) -> str:
+    """The git command of ``args``, after any ``-c key=value`` options."""
+    while args[:1] == ("-c",):
+        args = args[2:]
+    return args[0]

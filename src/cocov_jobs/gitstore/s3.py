@@ -120,8 +120,8 @@ class S3Storage:
 
     def _upload(self, prefix: str, sha: str, build: Build) -> None:
         files = [
-            (f"{prefix}/{sha}/{relative}", path)
-            for relative, path in iter_tree_files(build.tree, skip_hidden=False)
+            (f"{prefix}/{sha}/{file.relative}", Path(file.path))
+            for file in iter_tree_files(build.tree, skip_hidden=False)
         ]
         archive_key = f"{prefix}/{archive_name(sha)}"
         shasum_key = f"{prefix}/{shasum_name(sha)}"
