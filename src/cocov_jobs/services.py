@@ -31,11 +31,21 @@ class Services:
     cache_redis: aioredis.Redis
     _github: GitHubClient | None = field(default=None, repr=False)
     _storage: CommitStorage | None = field(default=None, repr=False)
+    _installation_tokens: InstallationTokenProvider | None = field(default=None, repr=False)
+
+    @property
+    def installation_tokens(self) -> InstallationTokenProvider:
+        """The process's one installation token provider (git fetches and the client share it)."""
+        if self._installation_tokens is None:
+            self._installation_tokens = InstallationTokenProvider.from_settings(
+                self.settings, self.redis
+            )
+        return self._installation_tokens
 
     def github(self) -> GitHubClient:
         """The process's installation client (one token provider, so one refresh at a time)."""
         if self._github is None:
-            provider = InstallationTokenProvider.from_settings(self.settings, self.redis)
+            provider = self.installation_tokens
             self._github = installation_client(self.settings, self.redis, provider=provider)
         return self._github
 
