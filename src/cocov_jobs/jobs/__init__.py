@@ -8,6 +8,8 @@ from cocov_jobs.jobs import (  # noqa: F401
     initialize_repository,
     process_commit,
     process_coverage,
+    purge_repository_cache,
+    remove_repository_leftovers,
     request_cache_eviction,
     update_commits_author,
     update_organization_repos,
