@@ -1,4 +1,4 @@
-"""Build one commit (checkout, archive, digest) inside a private work directory.
+"""Build one commit (checkout, archive, digest) inside a private work directory, publish it.
 
 Both storages build the same way and differ only in how they publish the result.
 """
@@ -6,6 +6,8 @@ Both storages build the same way and differ only in how they publish the result.
 from __future__ import annotations
 
 import asyncio
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from cocov_jobs.gitstore.artifacts import Build, build_artifacts
@@ -36,3 +38,38 @@ async def build_commit(
         raise CloneError(
             f"clone of {sha} timed out after {time_limit:g} s", transient=True
         ) from exc
+
+
+async def build_and_publish(
+    work: Path,
+    publish: Callable[[Build], None],
+    *,
+    remote: str,
+    sha: str,
+    token: str,
+    time_limit: float = CLONE_TIMEOUT,
+) -> int:
+    """Build in the empty directory ``work``, run ``publish(build)`` in a thread; return the size.
+
+    ``work`` is removed in every case. After a successful build the publishing thread removes
+    it itself, so a caller cancelled mid-publish cannot delete files still being published.
+    """
+    try:
+        build = await build_commit(work, remote=remote, sha=sha, token=token, time_limit=time_limit)
+    except BaseException:
+        await asyncio.to_thread(remove_work_dir, work)
+        raise
+    await asyncio.to_thread(_publish_then_remove, publish, build, work)
+    return build.size
+
+
+def remove_work_dir(work: Path) -> None:
+    """Remove a build's work directory, best effort (errors are ignored)."""
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish_then_remove(publish: Callable[[Build], None], build: Build, work: Path) -> None:
+    try:
+        publish(build)
+    finally:
+        remove_work_dir(work)

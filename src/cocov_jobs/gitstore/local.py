@@ -17,11 +17,12 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from cocov_jobs.gitstore.artifacts import Build
-from cocov_jobs.gitstore.build import CLONE_TIMEOUT, build_commit
+from cocov_jobs.gitstore.build import CLONE_TIMEOUT, build_and_publish
 from cocov_jobs.gitstore.clone import remote_url
 from cocov_jobs.gitstore.layout import (
     SHASUM_SUFFIX,
@@ -61,15 +62,14 @@ class LocalStorage:
         repo_path = self.repo_path(repo_name)
         work = repo_path / f"{WORK_DIR_PREFIX}{uuid.uuid4().hex}"
         await asyncio.to_thread(work.mkdir, parents=True)
-        try:
-            remote = remote_url(github_url, org, repo_name)
-            build = await build_commit(
-                work, remote=remote, sha=sha, token=token, time_limit=self.clone_timeout
-            )
-            await asyncio.to_thread(_publish, repo_path, sha, build)
-            return build.size
-        finally:
-            await asyncio.to_thread(_remove_tree, work)
+        return await build_and_publish(
+            work,
+            partial(_publish, repo_path, sha),
+            remote=remote_url(github_url, org, repo_name),
+            sha=sha,
+            token=token,
+            time_limit=self.clone_timeout,
+        )
 
     async def commit_exists(self, repo_name: str, sha: str) -> bool:
         shasum = self.repo_path(repo_name) / shasum_name(check_sha(sha))

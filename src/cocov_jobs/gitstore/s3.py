@@ -14,10 +14,10 @@ followed them anywhere). All boto3 calls run in threads.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from cocov_jobs.gitstore.artifacts import Build, iter_tree_files
-from cocov_jobs.gitstore.build import CLONE_TIMEOUT, build_commit
+from cocov_jobs.gitstore.build import CLONE_TIMEOUT, build_and_publish
 from cocov_jobs.gitstore.clone import remote_url
 from cocov_jobs.gitstore.layout import (
     ARCHIVE_SUFFIX,
@@ -92,15 +92,14 @@ class S3Storage:
         work = Path(
             await asyncio.to_thread(tempfile.mkdtemp, prefix=WORK_DIR_PREFIX, dir=self.work_root)
         )
-        try:
-            remote = remote_url(github_url, org, repo_name)
-            build = await build_commit(
-                work, remote=remote, sha=sha, token=token, time_limit=self.clone_timeout
-            )
-            await asyncio.to_thread(self._upload, repo_dir(repo_name), sha, build)
-            return build.size
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+        return await build_and_publish(
+            work,
+            partial(self._upload, repo_dir(repo_name), sha),
+            remote=remote_url(github_url, org, repo_name),
+            sha=sha,
+            token=token,
+            time_limit=self.clone_timeout,
+        )
 
     async def commit_exists(self, repo_name: str, sha: str) -> bool:
         key = f"{repo_dir(repo_name)}/{shasum_name(check_sha(sha))}"
@@ -133,8 +132,10 @@ class S3Storage:
             self._parallel(uploads)
             self._put(shasum_key, build.shasum)
         except BaseException:
-            if not self._exists(shasum_key):
-                self._delete([key for key, _ in files] + [archive_key, shasum_key])
+            # Best effort: a failing cleanup must not hide why the upload failed.
+            with suppress(Exception):
+                if not self._exists(shasum_key):
+                    self._delete([key for key, _ in files] + [archive_key, shasum_key])
             raise
 
     def _put(self, key: str, path: Path) -> None:
