@@ -123,32 +123,32 @@ async def fetch_commit(dest: Path, *, remote: str, sha: str, token: str, home: P
     """
     await asyncio.to_thread(dest.mkdir)
     env = base_env(home)
-    await _git(dest, env, secrets=(), args=("init", "-q"))
+    await _git(dest, env, ("init", "-q"))
     fetch = ("fetch", "--depth", "1", "--no-tags", "--quiet", remote, sha)
     secrets = (token, basic_credentials(token))
-    await _git(dest, git_auth_env(home, token), secrets=secrets, args=fetch)
-    checkout = ("-c", f"checkout.workers={CHECKOUT_WORKERS}", "checkout", "-q", "FETCH_HEAD")
-    await _git(dest, env, secrets=(), args=checkout)
-    commit_time = int(await _git(dest, env, secrets=(), args=("show", "-s", "--format=%ct")))
+    await _git(dest, git_auth_env(home, token), fetch, secrets=secrets)
+    workers = f"checkout.workers={CHECKOUT_WORKERS}"
+    await _git(dest, env, ("checkout", "-q", "FETCH_HEAD"), config=(workers,))
+    commit_time = int(await _git(dest, env, ("show", "-s", "--format=%ct")))
     await asyncio.to_thread(shutil.rmtree, dest / ".git")
     return commit_time
 
 
 async def _git(
-    cwd: Path, env: dict[str, str], *, secrets: Iterable[str], args: tuple[str, ...]
+    cwd: Path,
+    env: dict[str, str],
+    args: tuple[str, ...],
+    *,
+    secrets: Iterable[str] = (),
+    config: Iterable[str] = (),
 ) -> str:
-    result = await run(("git", *args), cwd=cwd, env=env)
+    """Run ``git [-c <config>…] <args>``; return stdout or raise a scrubbed :class:`CloneError`."""
+    options = [item for setting in config for item in ("-c", setting)]
+    result = await run(("git", *options, *args), cwd=cwd, env=env)
     if result.returncode != 0:
         stderr = scrub(result.stderr.decode(errors="replace").strip(), secrets)
         raise CloneError(
-            f"git {_subcommand(args)} failed with exit status {result.returncode}: {stderr}",
+            f"git {args[0]} failed with exit status {result.returncode}: {stderr}",
             transient=not is_permanent_failure(stderr),
         )
     return result.stdout.decode(errors="replace")
-
-
-def _subcommand(args: tuple[str, ...]) -> str:
-    """The git command of ``args``, after any ``-c key=value`` options."""
-    while args[:1] == ("-c",):
-        args = args[2:]
-    return args[0]
