@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Annotated, Any, TypeVar
@@ -15,7 +18,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from cocov_jobs import logs, queue
+from cocov_jobs import admin, logs, queue
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
@@ -231,75 +234,139 @@ def enqueue(
     typer.echo(job_id if job_id is not None else "already queued (deduplicated)")
 
 
-_LIST_JOBS = """
-SELECT q.id, q.entrypoint, q.payload, q.status::text AS status, q.attempts,
-       q.execute_after, q.execute_after > now() AS waiting,
-       (SELECT l.traceback->>'exception_message' FROM pgqueuer_log l
-         WHERE l.job_id = q.id AND l.traceback IS NOT NULL ORDER BY l.id DESC LIMIT 1) AS error
-FROM pgqueuer q
-WHERE ($1::text IS NULL OR q.entrypoint = $1)
-ORDER BY q.id DESC
-LIMIT $2
-"""
+def _admin(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one :mod:`cocov_jobs.admin` call against the configured stores."""
 
+    async def body(services: Services, found: Stores) -> T:
+        return await action(services)
 
-def _state(row: dict[str, Any]) -> str:
-    status = str(row["status"])
-    if status == "picked":
-        return "running"
-    if status == "queued":
-        if row["waiting"]:
-            return "retrying" if row["attempts"] else "scheduled"
-        return "queued"
-    return status
+    return _run_async(settings, body)
 
 
 @jobs_app.command("list")
 def jobs_list(
-    state: Annotated[
-        str | None, typer.Option(help="queued, scheduled, retrying, running or failed.")
-    ] = None,
+    state: Annotated[str | None, typer.Option(help=", ".join(admin.STATES) + ".")] = None,
     job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
+    limit: Annotated[int, typer.Option(min=1)] = admin.PAGE_SIZE,
+    before: Annotated[int | None, typer.Option(help="Only ids below this (next page).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
 ) -> None:
     """Jobs waiting, running and failed: id, job, arguments, state, attempts, last error."""
-    entrypoint = resolve(job).name if job else None
+    if state is not None and state not in admin.STATES:
+        raise _fail(f"unknown state {state!r}; one of {', '.join(admin.STATES)}")
+    if job:
+        resolve(job)  # unknown names are a usage error before touching the stores
     settings = _settings()
-
-    async def body(services: Services, found: Stores) -> list[dict[str, Any]]:
-        async with services.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            rows = await raw.driver_connection.fetch(_LIST_JOBS, entrypoint, limit)  # type: ignore[union-attr]
-        return [dict(r) for r in rows]
-
-    rows = [r for r in _run_async(settings, body) if state is None or _state(r) == state]
+    rows = _admin(
+        settings,
+        lambda s: admin.list_jobs(s, state=state, job=job, before=before, limit=limit),
+    )
     if as_json:
         for r in rows:
-            typer.echo(
-                json.dumps(
-                    {
-                        "id": r["id"],
-                        "job": r["entrypoint"],
-                        "arguments": json.loads(r["payload"] or b"{}"),
-                        "state": _state(r),
-                        "attempts": r["attempts"],
-                        "error": r["error"],
-                    }
-                )
-            )
+            typer.echo(json.dumps(r.as_json()))
         return
-    table = Table("id", "job", "arguments", "state", "attempts", "last error")
+    table = Table("id", "job", "arguments", "state", "attempts", "worker", "last error")
     for r in rows:
         table.add_row(
-            str(r["id"]),
-            r["entrypoint"],
-            (r["payload"] or b"").decode(),
-            _state(r),
-            str(r["attempts"]),
-            (r["error"] or "")[:120],
+            str(r.id),
+            r.job,
+            json.dumps(r.arguments),
+            r.state,
+            str(r.attempts),
+            r.worker or "",
+            r.error_text[:120],
         )
     console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """One job: arguments, state, attempts and its whole history with tracebacks."""
+    detail = _admin(_settings(), lambda s: admin.show_job(s, job_id))
+    if detail is None:
+        raise _fail(f"no job {job_id}", 1)
+    if detail.row is not None:
+        r = detail.row
+        console.print(f"[bold]job {r.id}[/bold] {r.job} {json.dumps(r.arguments)}")
+        console.print(f"state {r.state}, attempts {r.attempts}, due {r.execute_after:%c}")
+    else:
+        console.print(f"[bold]job {job_id}[/bold] finished (history only)")
+    table = Table("at", "status", "error")
+    for h in detail.history:
+        tb = h["traceback"] or {}
+        error = f"{tb.get('exception_type', '')}: {tb.get('exception_message', '')}" if tb else ""
+        table.add_row(f"{h['created']:%Y-%m-%d %H:%M:%S}", h["status"], error)
+    console.print(table)
+    for h in detail.history:
+        if h["traceback"] and h["traceback"].get("traceback"):
+            console.print(f"[bold]{h['created']:%H:%M:%S} {h['status']}[/bold]")
+            console.print(h["traceback"]["traceback"], markup=False, highlight=False)
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[int | None, typer.Argument(metavar="[ID]")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job.")] = False,
+) -> None:
+    """Put a failed job back in the queue (attempts reset), or make a waiting one due now."""
+    if (job_id is None) == (not all_failed):
+        raise _fail("give a job ID or --all-failed (not both)")
+    settings = _settings()
+    if all_failed:
+        count = _admin(settings, admin.retry_all_failed)
+        typer.echo(f"{count} failed job(s) queued again")
+        return
+    assert job_id is not None
+    if not _admin(settings, lambda s: admin.retry(s, job_id)):
+        raise _fail(f"job {job_id} is not failed or waiting", 1)
+    typer.echo(f"job {job_id} queued")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Cancel a waiting job (deleted) or a running one (its worker interrupts it)."""
+    if not _admin(_settings(), lambda s: admin.cancel(s, job_id)):
+        raise _fail(f"job {job_id} is not waiting or running", 1)
+    typer.echo(f"job {job_id} canceled")
+
+
+@app.command()
+def stats() -> None:
+    """Jobs by state and job, runs of the last hour, workers."""
+    result = _admin(_settings(), admin.stats)
+    table = Table("job", *admin.STATES)
+    for name, counts in sorted(result.by_job.items()):
+        table.add_row(name, *(str(counts.get(s, 0)) for s in admin.STATES))
+    table.add_row("[bold]total[/bold]", *(str(result.by_state[s]) for s in admin.STATES))
+    console.print(table)
+    oldest = result.oldest_ready_seconds
+    console.print(
+        f"last hour: {result.processed_last_hour} processed, {result.failed_last_hour} failed;"
+        f" oldest ready job: {f'{oldest:.1f} s' if oldest is not None else 'none'}"
+    )
+    workers = Table("host", "pid", "concurrency", "running", "quiet", "heartbeat", "RSS MiB")
+    for w in result.workers:
+        workers.add_row(
+            w["host"],
+            str(w["pid"]),
+            str(w["concurrency"]),
+            str(w["running"]),
+            "yes" if w["quiet"] else "",
+            f"{w['heartbeat_at']:%H:%M:%S}" + ("" if w["alive"] else " (stale)"),
+            f"{w['rss_bytes'] / 2**20:.0f}",
+        )
+    console.print(workers)
+
+
+@app.command()
+def quiet() -> None:
+    """Tell this host's worker processes to stop fetching jobs (SIGTSTP); they keep running."""
+    host = socket.gethostname()
+    pids = [w["pid"] for w in _admin(_settings(), admin.workers) if w["host"] == host]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTSTP)
+    typer.echo(f"quieted {len(pids)} worker process(es) on {host}")
 
 
 def main() -> None:

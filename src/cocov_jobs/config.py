@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     git_service_s3_storage_bucket_name: str = ""
 
     cryptographic_key: str | None = None
+    #: Signs dashboard sessions (falls back to the cryptographic key, then a per-process secret).
+    secret_key_base: str | None = None
     repository_cache_max_size: int = Field(default=0)
     cache_service_url: str | None = None
 

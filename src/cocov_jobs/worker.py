@@ -36,6 +36,7 @@ from pgqueuer.models import Job
 from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
 
+from cocov_jobs import metrics
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.errors import PermanentError
 from cocov_jobs.jobs.context import JobContext
@@ -151,6 +152,7 @@ class Worker:
         self._pool = pool
         qm = QueueManager(_Queries(AsyncpgPoolDriver(pool)))
         self._qm = qm
+        self.id = str(qm.queue_manager_id)  # running jobs name their worker by this id
         for name in REGISTRY:
             qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
         await self._register()
@@ -197,8 +199,11 @@ class Worker:
     async def _entry(self, job: Job) -> None:
         inner = asyncio.create_task(self._execute(job))
         self._running[job.id] = inner
+        # `jobs cancel` NOTIFYs; PgQueuer cancels this scope, and with it the run.
+        scope = self._qm.get_context(job.id).cancellation if self._qm else contextlib.nullcontext()
         try:
-            await inner
+            with scope:
+                await inner
         except asyncio.CancelledError:
             if inner.cancelled() and self._interrupting:
                 raise RetryNotCounted(
@@ -220,9 +225,13 @@ class Worker:
                 raise ValueError("payload is not a JSON object")
         except ValueError as exc:
             raise PermanentError(f"malformed job payload: {exc}") from None
-        bound = log.bind(job=definition.name, job_id=job.id, attempt=job.attempts + 1)
-        with structlog.contextvars.bound_contextvars(
-            job=definition.name, job_id=job.id, attempt=job.attempts + 1
+        # Every log line of the run names the job and the records it works on (``*_id`` args).
+        fields = {k: v for k, v in args.items() if k.endswith("_id")}
+        fields.update(job=definition.name, job_id=job.id, attempt=job.attempts + 1)
+        bound = log.bind(**fields)
+        with (
+            structlog.contextvars.bound_contextvars(**fields),
+            metrics.observe_job(definition.name, job),
         ):
             ctx = JobContext(
                 services=self.services,

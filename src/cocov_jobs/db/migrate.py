@@ -19,6 +19,7 @@ from pgqueuer.db import AsyncpgDriver
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cocov_jobs.admin import INDEXES as ADMIN_INDEXES
 from cocov_jobs.db.session import asyncpg_dsn
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -49,7 +50,7 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def upgrade(engine: AsyncEngine, url: str) -> None:
-    """Bring the database to the current schema (tables, then PgQueuer's queue)."""
+    """Bring the database to the current schema (tables, PgQueuer's queue, our indexes on it)."""
     async with engine.begin() as conn:
         await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK_KEY})")
         await conn.run_sync(_upgrade)
@@ -61,6 +62,7 @@ async def upgrade(engine: AsyncEngine, url: str) -> None:
             await queries.upgrade()
         else:
             await queries.install()
+        await raw.execute(ADMIN_INDEXES)
     finally:
         await raw.close()
 

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from cocov_jobs.services import Services
-from cocov_jobs.web import probes
+from cocov_jobs.web import dashboard, metrics, probes
 
 
 def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     """The web app; ``expect_worker`` makes readiness require a live worker heartbeat."""
-    app = Starlette(routes=[*probes.routes])
+    app = Starlette(routes=[*probes.routes], middleware=[Middleware(metrics.RequestCounter)])
+    app.router.routes.extend([*metrics.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker
     return app
 
 
 def create_probe_app(services: Services) -> Starlette:
-    """Probes only, for a worker process (Cocov's Sidekiq probe server)."""
-    app = Starlette(routes=probes.routes)
+    """Probes and metrics, for a worker process (Cocov's Sidekiq probe server)."""
+    app = Starlette(routes=[*probes.routes, *metrics.routes])
     app.state.services = services
     app.state.expect_worker = True
     return app

@@ -1,0 +1,301 @@
+"""The operator dashboard at ``/dashboard``: server-rendered pages and actions over
+:mod:`cocov_jobs.admin`.
+
+Authentication
+==============
+
+Every page and action needs a service token (the service API's, ``service_tokens``): either
+``Authorization: bearer <token>`` on each request, or the login form, which exchanges a token for
+a signed session cookie valid :data:`SESSION_MAX_AGE` seconds. Sessions are signed with
+``COCOV_SECRET_KEY_BASE``, else ``COCOV_CRYPTOGRAPHIC_KEY``, else a random per-process secret
+(logged as a warning: sessions then end with the process).
+
+Every POST form carries a CSRF token that must equal the ``SameSite=Strict`` CSRF cookie
+(double submit); requests authenticated by the bearer header need none (no ambient credential).
+
+Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers),
+one list per state (keyset pages of :data:`~cocov_jobs.admin.PAGE_SIZE`), a job's history,
+periodic schedules, workers. Actions: retry, cancel, delete, retry all failed, run a periodic
+job now.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import structlog
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from cocov_jobs import admin
+from cocov_jobs.config import Settings
+from cocov_jobs.crypto import service_token_digest
+from cocov_jobs.db.models import ServiceToken
+from cocov_jobs.services import Services
+from cocov_jobs.web.chart import runs_chart
+
+log = structlog.get_logger(__name__)
+
+#: Seconds a login session lasts.
+SESSION_MAX_AGE = 8 * 3600
+#: Cookie holding the signed session.
+SESSION_COOKIE = "cocov_dashboard_session"
+#: Cookie holding the CSRF token every form repeats.
+CSRF_COOKIE = "cocov_dashboard_csrf"
+#: Name of the CSRF form field.
+CSRF_FIELD = "csrf_token"
+#: The dashboard's URL prefix (cookies are scoped to it).
+PREFIX = "/dashboard"
+#: Overview chart: bucket unit and span.
+CHART_UNIT, CHART_SPAN = "minute", timedelta(hours=1)
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _secret(settings: Settings) -> str:
+    secret = settings.secret_key_base or settings.cryptographic_key
+    if secret:
+        return secret
+    log.warning("no COCOV_SECRET_KEY_BASE: dashboard sessions end with this process")
+    return secrets.token_hex(32)
+
+
+def _serializer(request: Request) -> URLSafeTimedSerializer:
+    state = request.app.state
+    if getattr(state, "dashboard_serializer", None) is None:
+        secret = _secret(state.services.settings)
+        state.dashboard_serializer = URLSafeTimedSerializer(secret, salt="cocov-dashboard")
+    serializer: URLSafeTimedSerializer = state.dashboard_serializer
+    return serializer
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _token_id(services: Services, token: str) -> int | None:
+    """The id of the service token ``token``, if it is one."""
+    digest = service_token_digest(token.strip())
+    async with services.sessions() as session:
+        return await session.scalar(
+            select(ServiceToken.id).where(ServiceToken.token_hash == digest)
+        )
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _authenticated(request: Request) -> bool:
+    """True for a valid session cookie; sets ``state.bearer`` for a valid bearer header."""
+    request.state.bearer = False
+    token = _bearer(request)
+    if token is not None:
+        request.state.bearer = await _token_id(_services(request), token) is not None
+        return bool(request.state.bearer)
+    try:
+        _serializer(request).loads(request.cookies.get(SESSION_COOKIE, ""), max_age=SESSION_MAX_AGE)
+    except BadSignature:
+        return False
+    return True
+
+
+def _csrf(request: Request) -> str:
+    return request.cookies.get(CSRF_COOKIE) or request.state.__dict__.setdefault(
+        "new_csrf", secrets.token_urlsafe(32)
+    )
+
+
+async def _check_csrf(request: Request) -> None:
+    if request.state.bearer:
+        return
+    form = await request.form()
+    expected = request.cookies.get(CSRF_COOKIE, "")
+    if not expected or not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), expected):
+        raise HTTPException(403, "CSRF token missing or wrong")
+
+
+def _render(request: Request, name: str, **context: Any) -> Response:
+    context.update(csrf=_csrf(request), prefix=PREFIX, notice=request.query_params.get("notice"))
+    response = templates.TemplateResponse(request, name, context)
+    _set_csrf_cookie(request, response)
+    return response
+
+
+def _set_csrf_cookie(request: Request, response: Response) -> None:
+    if CSRF_COOKIE not in request.cookies:
+        response.set_cookie(
+            CSRF_COOKIE, _csrf(request), path=PREFIX, httponly=True, samesite="strict"
+        )
+
+
+def page(handler: Handler) -> Handler:
+    """Require authentication: browsers go to the login form, API clients get a 401."""
+
+    async def guarded(request: Request) -> Response:
+        if await _authenticated(request):
+            return await handler(request)
+        if _bearer(request) is not None:
+            raise HTTPException(401, "unknown service token")
+        return RedirectResponse(f"{PREFIX}/login", status_code=303)
+
+    return guarded
+
+
+def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
+    """An authenticated, CSRF-checked POST whose handler returns a notice; redirects back."""
+
+    async def run(request: Request) -> Response:
+        await _check_csrf(request)
+        notice = await handler(request)
+        back = (await request.form()).get("next") or PREFIX
+        target = str(back) if str(back).startswith(PREFIX) else PREFIX
+        sep = "&" if "?" in target else "?"
+        return RedirectResponse(f"{target}{sep}{urlencode({'notice': notice})}", 303)
+
+    return page(run)
+
+
+# Login ---------------------------------------------------------------------------------------
+
+
+async def login_form(request: Request) -> Response:
+    request.state.bearer = False
+    return _render(request, "login.html", error=None)
+
+
+async def login(request: Request) -> Response:
+    request.state.bearer = False
+    await _check_csrf(request)
+    token = str((await request.form()).get("token", ""))
+    token_id = await _token_id(_services(request), token) if token else None
+    if token_id is None:
+        response = _render(request, "login.html", error="Unknown service token.")
+        response.status_code = 401
+        return response
+    response = RedirectResponse(PREFIX, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        _serializer(request).dumps({"token_id": token_id}),
+        max_age=SESSION_MAX_AGE,
+        path=PREFIX,
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    await _check_csrf(request)
+    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+# Pages ---------------------------------------------------------------------------------------
+
+
+@page
+async def overview(request: Request) -> Response:
+    services = _services(request)
+    stats = await admin.stats(services)
+    runs = await admin.history(services, CHART_UNIT, CHART_SPAN)
+    return _render(request, "overview.html", stats=stats, chart=runs_chart(runs), page="overview")
+
+
+@page
+async def job_list(request: Request) -> Response:
+    state = request.path_params["state"]
+    if state not in admin.STATES:
+        raise HTTPException(404, f"no state {state}")
+    before = request.query_params.get("before")
+    job = request.query_params.get("job") or None
+    rows = await admin.list_jobs(
+        _services(request), state=state, job=job, before=int(before) if before else None
+    )
+    more = len(rows) == admin.PAGE_SIZE
+    return _render(request, "jobs.html", rows=rows, state=state, job=job, more=more, page=state)
+
+
+@page
+async def job_detail(request: Request) -> Response:
+    detail = await admin.show_job(_services(request), request.path_params["job_id"])
+    if detail is None:
+        raise HTTPException(404, "no such job")
+    return _render(request, "job.html", detail=detail, page="job")
+
+
+@page
+async def schedules(request: Request) -> Response:
+    rows = await admin.schedules(_services(request))
+    return _render(request, "schedules.html", rows=rows, page="schedules")
+
+
+@page
+async def workers(request: Request) -> Response:
+    rows = await admin.workers(_services(request))
+    return _render(request, "workers.html", rows=rows, page="workers")
+
+
+# Actions -------------------------------------------------------------------------------------
+
+
+def _job_action(
+    verb: str, call: Callable[[Services, int], Awaitable[bool]]
+) -> Callable[[Request], Awaitable[str]]:
+    async def handler(request: Request) -> str:
+        job_id = request.path_params["job_id"]
+        done = await call(_services(request), job_id)
+        return f"job {job_id} {verb}" if done else f"job {job_id} could not be {verb}"
+
+    return handler
+
+
+async def _retry_all(request: Request) -> str:
+    return f"{await admin.retry_all_failed(_services(request))} failed job(s) queued again"
+
+
+async def _run_now(request: Request) -> str:
+    entrypoint = request.path_params["entrypoint"]
+    job_id = await admin.run_now(_services(request), entrypoint)
+    return f"{entrypoint} enqueued as job {job_id}" if job_id else f"{entrypoint} already queued"
+
+
+routes = [
+    Route(f"{PREFIX}/login", login_form, methods=["GET"]),
+    Route(f"{PREFIX}/login", login, methods=["POST"]),
+    Route(f"{PREFIX}/logout", page(logout), methods=["POST"]),
+    Route(PREFIX, overview, methods=["GET"]),
+    Route(f"{PREFIX}/jobs/{{job_id:int}}", job_detail, methods=["GET"]),
+    Route(f"{PREFIX}/state/{{state}}", job_list, methods=["GET"]),
+    Route(f"{PREFIX}/schedules", schedules, methods=["GET"]),
+    Route(f"{PREFIX}/workers", workers, methods=["GET"]),
+    *(
+        Route(
+            f"{PREFIX}/jobs/{{job_id:int}}/{verb}",
+            action(_job_action(done, call)),
+            methods=["POST"],
+        )
+        for verb, done, call in (
+            ("retry", "retried", admin.retry),
+            ("cancel", "canceled", admin.cancel),
+            ("delete", "deleted", admin.delete),
+        )
+    ),
+    Route(f"{PREFIX}/failed/retry-all", action(_retry_all), methods=["POST"]),
+    Route(f"{PREFIX}/schedules/{{entrypoint}}/run", action(_run_now), methods=["POST"]),
+]

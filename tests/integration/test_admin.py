@@ -1,0 +1,113 @@
+"""Job administration (the SQL behind the CLI and the dashboard) on a real queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from tests.helpers import drain, job_log, jobs
+
+from cocov_jobs import admin, queue
+from cocov_jobs.services import Services
+from cocov_jobs.worker import Worker
+
+#: A payload update_commits_author rejects at once (permanent failure, with a traceback).
+BAD_PAYLOAD = b'{"user_id": "not a number"}'
+
+
+async def failed_job(services: Services) -> int:
+    """A job held as failed by a real worker run."""
+    async with services.sessions.begin() as session:
+        job_id = await session.scalar(
+            text(
+                "INSERT INTO pgqueuer (priority, entrypoint, payload, status)"
+                " VALUES (0, 'update_commits_author', :p, 'queued') RETURNING id"
+            ),
+            {"p": BAD_PAYLOAD},
+        )
+    await drain(services, horizon=0)
+    assert int(job_id) in [j["id"] for j in await jobs(services) if j["status"] == "failed"]
+    return int(job_id)
+
+
+async def enqueue(services: Services, *, delay: float = 0.0, user_id: int = 1) -> int:
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "update_commits_author", delay=delay, user_id=user_id)
+    assert job_id is not None
+    return job_id
+
+
+async def test_states_pages_and_details(services: Services) -> None:
+    failed = await failed_job(services)
+    ready = await enqueue(services, user_id=2)
+    later = await enqueue(services, delay=3600, user_id=3)
+    states = {r.id: r.state for r in await admin.list_jobs(services)}
+    assert states == {failed: "failed", ready: "queued", later: "scheduled"}
+    (row,) = await admin.list_jobs(services, state="failed", job="update-commits-author")
+    assert row.id == failed and "user_id" in row.error_text
+    first = await admin.list_jobs(services, limit=2)
+    second = await admin.list_jobs(services, limit=2, before=first[-1].id)
+    assert [r.id for r in first + second] == [later, ready, failed]
+    detail = await admin.show_job(services, failed)
+    assert detail is not None and detail.row is not None
+    assert detail.history[-1]["status"] == "failed"
+    assert "Traceback" in detail.history[-1]["traceback"]["traceback"]
+    assert await admin.show_job(services, 10**9) is None
+
+
+async def test_retry_cancel_delete(services: Services) -> None:
+    failed = await failed_job(services)
+    assert await admin.retry(services, failed)
+    (row,) = await jobs(services)
+    assert row["status"] == "queued" and row["attempts"] == 0
+    later = await enqueue(services, delay=3600, user_id=5)
+    assert await admin.retry(services, later)  # due now
+    assert (await admin.list_jobs(services, state="queued"))[0].id == later
+    assert await admin.cancel(services, later)
+    assert (await job_log(services, later))[-1]["status"] == "canceled"
+    assert await admin.delete(services, failed)
+    assert (await job_log(services, failed))[-1]["status"] == "deleted"
+    assert await jobs(services) == []
+    assert not await admin.cancel(services, later)
+    assert not await admin.retry(services, later)
+
+
+async def test_retry_all_failed_and_stats(services: Services) -> None:
+    await failed_job(services)
+    await failed_job(services)
+    stats = await admin.stats(services)
+    assert stats.by_state["failed"] == 2
+    assert stats.by_job == {"update_commits_author": {"failed": 2}}
+    assert stats.failed_last_hour == 2
+    assert await admin.retry_all_failed(services) == 2
+    assert (await admin.depth(services)).by_state["queued"] == 2
+
+
+async def test_cancel_interrupts_a_running_job(services: Services) -> None:
+    """A running job's cancellation reaches its worker, which stops the run."""
+    started = asyncio.Event()
+    never = asyncio.Event()
+
+    async def blocking(ctx: object, user_id: int) -> None:
+        started.set()
+        await never.wait()
+
+    definition = queue.REGISTRY["update_commits_author"]
+    original = definition.func
+    object.__setattr__(definition, "func", blocking)
+    try:
+        job_id = await enqueue(services, user_id=9)
+        worker = Worker(services, concurrency=1)
+        run = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), 30)
+        assert (await admin.list_jobs(services, state="running"))[0].worker is not None
+        assert await admin.cancel(services, job_id)
+        async with asyncio.timeout(30):
+            while worker.running_jobs:  # noqa: ASYNC110 - the worker exposes no event
+                await asyncio.sleep(0.05)
+        worker.stop()
+        await asyncio.wait_for(run, 30)
+    finally:
+        object.__setattr__(definition, "func", original)
+    assert await jobs(services) == []
+    assert [h["status"] for h in await job_log(services, job_id)][-1] == "canceled"

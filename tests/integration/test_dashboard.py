@@ -1,0 +1,117 @@
+"""The dashboard over HTTP: authentication, CSRF, every page, every action."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from tests.helpers import insert, jobs
+from tests.integration.test_admin import enqueue, failed_job
+
+from cocov_jobs import admin
+from cocov_jobs.crypto import new_service_token, service_token_digest
+from cocov_jobs.services import Services
+from cocov_jobs.web.app import create_app
+from cocov_jobs.web.dashboard import CSRF_COOKIE, SESSION_COOKIE
+
+PAGES = (
+    "/dashboard",
+    *(f"/dashboard/state/{s}" for s in admin.STATES),
+    "/dashboard/schedules",
+    "/dashboard/workers",
+)
+
+
+@pytest.fixture
+async def token(services: Services) -> str:
+    owner = await insert(services, "users", login="ops", github_id=7, github_token="x", admin=True)
+    value = new_service_token()
+    await insert(
+        services,
+        "service_tokens",
+        token_hash=service_token_digest(value),
+        description="ops",
+        owner_id=owner,
+    )
+    return value
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as opened:
+        yield opened
+
+
+def csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def login(client: httpx.AsyncClient, token: str) -> str:
+    form = await client.get("/dashboard/login")
+    answer = await client.post("/dashboard/login", data={"token": token, "csrf_token": csrf(form)})
+    assert answer.status_code == 303 and SESSION_COOKIE in answer.cookies
+    return csrf(await client.get("/dashboard"))
+
+
+async def test_pages_need_a_login_or_a_bearer_token(client: httpx.AsyncClient, token: str) -> None:
+    for path in PAGES:
+        assert (await client.get(path)).headers["location"] == "/dashboard/login"
+    bad = await client.get("/dashboard", headers={"Authorization": "bearer cos_nope"})
+    assert bad.status_code == 401
+    good = await client.get("/dashboard", headers={"Authorization": f"bearer {token}"})
+    assert good.status_code == 200 and "Overview" in good.text
+
+
+async def test_login_rejects_unknown_tokens_and_forms_without_csrf(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    form = await client.get("/dashboard/login")
+    wrong = await client.post(
+        "/dashboard/login", data={"token": "cos_wrong", "csrf_token": csrf(form)}
+    )
+    assert wrong.status_code == 401 and "Unknown service token" in wrong.text
+    forged = await client.post("/dashboard/login", data={"token": token, "csrf_token": "x"})
+    assert forged.status_code == 403
+    assert SESSION_COOKIE not in client.cookies
+
+
+async def test_every_page_renders_with_jobs(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    failed = await failed_job(services)
+    await enqueue(services, delay=3600, user_id=2)
+    await login(client, token)
+    for path in PAGES:
+        answer = await client.get(path)
+        assert answer.status_code == 200, path
+    overview = await client.get("/dashboard")
+    assert "<svg" in overview.text and "update_commits_author" in overview.text
+    detail = await client.get(f"/dashboard/jobs/{failed}")
+    assert "JobArgumentsError" in detail.text and "Traceback" in detail.text
+    assert (await client.get("/dashboard/jobs/999999")).status_code == 404
+
+
+async def test_actions_retry_cancel_delete_and_csrf(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    failed = await failed_job(services)
+    later = await enqueue(services, delay=3600, user_id=2)
+    token_ = await login(client, token)
+    refused = await client.post(f"/dashboard/jobs/{later}/cancel", data={"csrf_token": "no"})
+    assert refused.status_code == 403
+    answer = await client.post(
+        f"/dashboard/jobs/{later}/cancel",
+        data={"csrf_token": token_, "next": "/dashboard/state/scheduled"},
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/dashboard/state/scheduled?notice=")
+    await client.post(f"/dashboard/jobs/{failed}/retry", data={"csrf_token": token_})
+    assert [(j["id"], j["status"]) for j in await jobs(services)] == [(failed, "queued")]
+    await client.post(f"/dashboard/jobs/{failed}/delete", data={"csrf_token": token_})
+    assert await jobs(services) == []
+    assert client.cookies.get(CSRF_COOKIE) == token_
