@@ -28,6 +28,7 @@ The ``(status, id)`` index of :data:`INDEXES` keeps every page an index range sc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -194,9 +195,17 @@ class Stats:
     by_job: dict[str, dict[str, int]]
     by_state: dict[str, int]
     oldest_ready_seconds: float | None
-    processed_last_hour: int
-    failed_last_hour: int
+    #: Processed and failed runs per minute over the last hour (see :func:`history`).
+    runs: list[dict[str, Any]]
     workers: list[dict[str, Any]]
+
+    @property
+    def processed_last_hour(self) -> int:
+        return sum(int(b["processed"]) for b in self.runs)
+
+    @property
+    def failed_last_hour(self) -> int:
+        return sum(int(b["failed"]) for b in self.runs)
 
     @property
     def workers_alive(self) -> int:
@@ -274,23 +283,32 @@ async def depth(services: Services) -> Depth:
     )
 
 
-async def stats(services: Services) -> Stats:
-    """Counts by job and state, oldest ready job age, last hour's runs, workers."""
+async def _counts(services: Services) -> dict[str, dict[str, int]]:
     async with _connection(services) as conn:
         counts = await conn.fetch(_COUNTS)
-        hour = await conn.fetch(_HISTOGRAM, "hour", timedelta(hours=1))
-        workers = [dict(w) for w in await conn.fetch(_WORKERS)]
     by_job: dict[str, dict[str, int]] = {}
     for r in counts:
         by_job.setdefault(r["entrypoint"], {})[r["state"]] = r["n"]
-    now = await depth(services)
+    return by_job
+
+
+async def stats(services: Services) -> Stats:
+    """Counts by job and state, oldest ready job age, last hour's runs per minute, workers.
+
+    The four queries run concurrently, each on its own pooled connection.
+    """
+    by_job, now, runs, alive = await asyncio.gather(
+        _counts(services),
+        depth(services),
+        history(services, "minute", timedelta(hours=1)),
+        workers(services),
+    )
     return Stats(
         by_job=by_job,
         by_state=now.by_state,
         oldest_ready_seconds=now.oldest_ready_seconds,
-        processed_last_hour=sum(h["processed"] for h in hour),
-        failed_last_hour=sum(h["failed"] for h in hour),
-        workers=workers,
+        runs=runs,
+        workers=alive,
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -56,8 +55,6 @@ CSRF_COOKIE = "cocov_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 #: The dashboard's URL prefix (cookies are scoped to it).
 PREFIX = "/dashboard"
-#: Overview chart: bucket unit and span.
-CHART_UNIT, CHART_SPAN = "minute", timedelta(hours=1)
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -211,10 +208,9 @@ async def logout(request: Request) -> Response:
 
 @page
 async def overview(request: Request) -> Response:
-    services = _services(request)
-    stats = await admin.stats(services)
-    runs = await admin.history(services, CHART_UNIT, CHART_SPAN)
-    return _render(request, "overview.html", stats=stats, chart=runs_chart(runs), page="overview")
+    stats = await admin.stats(_services(request))
+    chart = runs_chart(stats.runs)
+    return _render(request, "overview.html", stats=stats, chart=chart, page="overview")
 
 
 @page

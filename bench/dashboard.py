@@ -1,0 +1,177 @@
+"""Dashboard pages with 100,000 jobs: prints each page's answer time in milliseconds.
+
+``python bench/dashboard.py [--jobs N] [--repeat R]`` creates a fresh migrated database (on
+``COCOV_TEST_DATABASE_URL``, else an embedded PostgreSQL and Redis in a temporary directory),
+inserts N jobs with ``generate_series`` (a fifth each queued, scheduled, retrying, running,
+failed; failed and retrying ones with a log row carrying a traceback) plus two finished log
+rows per job, then requests every page R times through the ASGI app with a bearer service token
+and prints the median and worst time per page. The target is under :data:`TARGET_MS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+from cocov_jobs.config import Settings
+from cocov_jobs.crypto import new_service_token, service_token_digest
+from cocov_jobs.db.migrate import upgrade
+from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
+from cocov_jobs.services import open_services
+from cocov_jobs.web.app import create_app
+
+#: Page answer time the dashboard must stay under (ms).
+TARGET_MS = 200.0
+STATES = ("queued", "scheduled", "retrying", "running", "failed")
+
+_JOBS = """
+INSERT INTO pgqueuer (priority, entrypoint, payload, status, attempts, execute_after, created)
+SELECT 0, 'update_commits_author', convert_to('{"user_id": ' || g || '}', 'UTF8'),
+       (CASE g % 5 WHEN 3 THEN 'picked' WHEN 4 THEN 'failed' ELSE 'queued' END)::pgqueuer_status,
+       CASE WHEN g % 5 IN (2, 4) THEN 3 ELSE 0 END,
+       CASE WHEN g % 5 IN (1, 2) THEN now() + interval '1 hour' ELSE now() END,
+       now() - (g || ' seconds')::interval
+FROM generate_series(1, $1::int) AS g
+"""
+
+_LOG = """
+INSERT INTO pgqueuer_log (job_id, status, entrypoint, priority, traceback, created)
+SELECT q.id, s.status::pgqueuer_status, q.entrypoint, 0,
+       CASE WHEN s.status = 'failed' THEN jsonb_build_object(
+         'exception_type', 'TransientError', 'exception_message', 'GitHub 502',
+         'traceback', 'Traceback (most recent call last): ...') END,
+       now() - (q.id % 3600 || ' seconds')::interval
+FROM pgqueuer q CROSS JOIN (VALUES ('successful'), ('failed')) AS s(status)
+"""
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """(admin PostgreSQL URL, Redis URL): the test servers when set, else embedded ones."""
+    db_url = os.environ.get("COCOV_TEST_DATABASE_URL", "")
+    redis_url = os.environ.get("COCOV_TEST_REDIS_URL", "")
+    data_dir = Path(tempfile.mkdtemp(prefix="cocov-bench-dashboard-"))
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, data_dir, True)
+        if not db_url:
+            pg = EmbeddedPostgres(data_dir)
+            pg.start()
+            stack.callback(pg.stop)
+            db_url = pg.url
+        if not redis_url:
+            rd = EmbeddedRedis(data_dir)
+            rd.start()
+            stack.callback(rd.stop)
+            redis_url = rd.url(15)
+        yield db_url, redis_url
+
+
+@contextlib.asynccontextmanager
+async def database(admin_url: str, jobs: int) -> AsyncIterator[tuple[str, str]]:
+    """(URL, service token) of a fresh database holding ``jobs`` jobs; dropped afterwards."""
+    name = f"cocov_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(admin_url, name)
+    try:
+        engine = create_engine(url)
+        await upgrade(engine, url)
+        await engine.dispose()
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        token = new_service_token()
+        try:
+            await conn.execute(_JOBS, jobs)
+            await conn.execute(_LOG)
+            owner = await conn.fetchval(
+                "INSERT INTO users (login, github_id, github_token, admin, created_at, updated_at)"
+                " VALUES ('bench', 1, 'x', true, now(), now()) RETURNING id"
+            )
+            await conn.execute(
+                "INSERT INTO service_tokens (token_hash, description, owner_id, created_at,"
+                " updated_at) VALUES ($1, 'bench', $2, now(), now())",
+                service_token_digest(token),
+                owner,
+            )
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+        yield url, token
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def measure(url: str, redis_url: str, token: str, repeat: int) -> dict[str, list[float]]:
+    async with open_services(
+        Settings(), database_url=url, redis_url=redis_url, redis_cache_url=redis_url
+    ) as services:
+        app = create_app(services)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://bench",
+            headers={"Authorization": f"bearer {token}"},
+        ) as client:
+            async with services.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                middle = await raw.driver_connection.fetchval(  # type: ignore[union-attr]
+                    "SELECT id FROM pgqueuer ORDER BY id OFFSET (SELECT count(*) / 2 FROM pgqueuer)"
+                    " LIMIT 1"
+                )
+            pages = [
+                "/dashboard",
+                *(f"/dashboard/state/{s}" for s in STATES),
+                *(f"/dashboard/state/{s}?before={middle}" for s in ("queued", "failed")),
+                f"/dashboard/jobs/{middle}",
+                "/dashboard/schedules",
+                "/dashboard/workers",
+                "/metrics",
+            ]
+            times: dict[str, list[float]] = {page: [] for page in pages}
+            for _ in range(repeat):
+                for page in pages:
+                    started = time.perf_counter()
+                    answer = await client.get(page)
+                    times[page].append((time.perf_counter() - started) * 1000)
+                    answer.raise_for_status()
+    return times
+
+
+async def main(jobs: int, repeat: int) -> int:
+    with servers() as (admin_url, redis_url):
+        async with database(admin_url, jobs) as (url, token):
+            times = await measure(url, redis_url, token, repeat)
+    print(f"{jobs} jobs, {repeat} requests per page (ms): median / worst")
+    worst = 0.0
+    for page, samples in times.items():
+        print(f"  {page:45} {statistics.median(samples):7.1f} / {max(samples):7.1f}")
+        worst = max(worst, statistics.median(samples))
+    print(f"slowest median {worst:.1f} ms (target < {TARGET_MS:.0f} ms)")
+    return 0 if worst < TARGET_MS else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    options = parser.parse_args()
+    raise SystemExit(asyncio.run(main(options.jobs, options.repeat)))
