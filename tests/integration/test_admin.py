@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+import pytest
 from sqlalchemy import text
-from tests.helpers import drain, job_log, jobs
+from tests.conftest import make_settings
+from tests.helpers import drain, insert, job_log, jobs
 
-from cocov_jobs import admin, queue
+from cocov_jobs import admin, logs, queue
+from cocov_jobs.config import Settings
+from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.services import Services
+from cocov_jobs.testing import FakeGitHub
 from cocov_jobs.worker import Worker
 
 #: A payload update_commits_author rejects at once (permanent failure, with a traceback).
 BAD_PAYLOAD = b'{"user_id": "not a number"}'
+#: The webhook secret the settings carry (must never be logged).
+WEBHOOK_SECRET = "whsec-not-for-logs"
 
 
 async def failed_job(services: Services) -> int:
@@ -111,3 +119,44 @@ async def test_cancel_interrupts_a_running_job(services: Services) -> None:
         object.__setattr__(definition, "func", original)
     assert await jobs(services) == []
     assert [h["status"] for h in await job_log(services, job_id)][-1] == "canceled"
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest) -> Settings:
+    """Settings pointing at the GitHub fake (when the test uses it), with a webhook secret."""
+    fields = {}
+    if "fake_github" in request.fixturenames:
+        fields = request.getfixturevalue("fake_github").settings_fields()
+    return make_settings(github_webhook_secret_key=WEBHOOK_SECRET, **fields)
+
+
+async def test_job_logs_carry_ids_and_no_secret(
+    services: Services, fake_github: FakeGitHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.configure("json", "DEBUG")
+    service_token = new_service_token()
+    owner = await insert(services, "users", login="o", github_id=70, github_token="gho_u")
+    await insert(
+        services,
+        "service_tokens",
+        token_hash=service_token_digest(service_token),
+        description="ops",
+        owner_id=owner,
+    )
+    async with services.sessions.begin() as session:
+        await queue.enqueue(session, "update_organization_repos")
+        await queue.enqueue(session, "update_commits_author", user_id=owner)
+    await drain(services, horizon=0)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    in_jobs = [line for line in lines if "job_id" in line]
+    assert {line["job"] for line in in_jobs} == {
+        "update_organization_repos",
+        "update_commits_author",
+    }
+    assert all(line["attempt"] == 1 for line in in_jobs)
+    assert any(line.get("user_id") == owner for line in in_jobs)
+    assert any("GitHub" in line["event"] for line in in_jobs)  # the client's lines are bound too
+    secrets = [*fake_github._installation_tokens, service_token, WEBHOOK_SECRET, "gho_u"]
+    assert fake_github.tokens_minted >= 1
+    text_ = "\n".join(json.dumps(line) for line in lines)
+    assert [s for s in secrets if s in text_] == []
