@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -130,10 +132,23 @@ def settings(request: pytest.FixtureRequest) -> Settings:
     return make_settings(github_webhook_secret_key=WEBHOOK_SECRET, **fields)
 
 
-async def test_job_logs_carry_ids_and_no_secret(
-    services: Services, fake_github: FakeGitHub, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """JSON log lines at DEBUG on the captured stderr; the root handlers restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     logs.configure("json", "DEBUG")
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+async def test_job_logs_carry_ids_and_no_secret(
+    services: Services,
+    fake_github: FakeGitHub,
+    capsys: pytest.CaptureFixture[str],
+    json_logs: None,
+) -> None:
     service_token = new_service_token()
     owner = await insert(services, "users", login="o", github_id=70, github_token="gho_u")
     await insert(
