@@ -35,12 +35,21 @@ from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.models import Job
 from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
+from pgqueuer.sm import SchedulerManager
 
 from cocov_jobs import metrics
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.errors import PermanentError
 from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import REGISTRY, RetryNotCounted, RetryPolicy, execute, known_job_names
+from cocov_jobs.queue import (
+    REGISTRY,
+    RetryNotCounted,
+    RetryPolicy,
+    enqueue,
+    execute,
+    known_job_names,
+)
+from cocov_jobs.schedules import periodic_schedules
 from cocov_jobs.services import Services
 
 log = structlog.get_logger(__name__)
@@ -169,6 +178,8 @@ class Worker:
         helpers = [asyncio.create_task(self._heartbeat())]
         if self.burst:
             helpers.append(asyncio.create_task(self._watch_burst()))
+        else:
+            helpers.append(asyncio.create_task(self._schedule()))
         try:
             await self._stop.wait()
             qm.shutdown.set()
@@ -277,6 +288,29 @@ class Worker:
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("worker heartbeat failed", error=str(exc))
+
+    async def _schedule(self) -> None:
+        """Enqueue the periodic jobs (:mod:`cocov_jobs.schedules`) when due.
+
+        PgQueuer's schedules table makes each tick fire once across all workers; the job's
+        dedupe key keeps at most one waiting copy if ticks outpace the runs.
+        """
+        assert self._pool is not None
+        schedules = periodic_schedules(self.services.settings)
+        if not schedules:
+            return
+        manager = SchedulerManager(Queries(AsyncpgPoolDriver(self._pool)))
+        for name, expression in schedules.items():
+            manager.schedule(name, expression, clean_old=True)(self._enqueue_periodic)
+        try:
+            await manager.run()
+        finally:
+            manager.shutdown.set()
+
+    async def _enqueue_periodic(self, schedule: Any) -> None:
+        async with self.services.sessions.begin() as session:
+            job_id = await enqueue(session, str(schedule.entrypoint))
+        log.info("periodic job enqueued", job=str(schedule.entrypoint), job_id=job_id)
 
     async def _watch_burst(self) -> None:
         """In burst mode, stop once no job is ready (due) or running anywhere."""
