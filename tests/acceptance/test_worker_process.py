@@ -173,6 +173,45 @@ async def test_sigterm_after_the_timeout_puts_the_job_back(
     await release()
 
 
+async def test_quiet_stops_fetching_and_keeps_the_process_until_sigterm(
+    services: Services,
+    database_url: str,
+    redis_url: str,
+    blocked_job: tuple[int, int, Callable[[], Awaitable[None]]],
+) -> None:
+    """``cocov-jobs quiet`` (SIGTSTP): the running job finishes, no new job starts."""
+    _, repo, release = blocked_job
+    worker = start_worker(database_url, redis_url)
+    try:
+        await until(lambda: job_is_waiting_on_lock(services))
+        quiet = await asyncio.to_thread(
+            subprocess.run,
+            [*CLI, "quiet"],
+            env=cli_env(COCOV_DATABASE_URL=database_url, COCOV_REDIS_URL=redis_url),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+        )
+        assert "quieted 1 worker process(es)" in quiet.stdout
+        async with services.sessions.begin() as session:
+            later = await queue.enqueue(session, "update_commits_author", user_id=1)
+        await release()
+        await until(lambda: _only_waiting(services, later))  # the running job finished
+        assert await commits_size(services, repo) == 123
+        assert worker.poll() is None  # quiet, not stopped
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=WAIT) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert await _only_waiting(services, later)  # never fetched
+
+
+async def _only_waiting(services: Services, job_id: int) -> bool:
+    return [(j["id"], j["status"]) for j in await jobs(services)] == [(job_id, "queued")]
+
+
 async def test_run_on_embedded_stores_serves_probes_and_reuses_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "cocov"
     env = cli_env(COCOV_DATA_DIR=str(data_dir), COCOV_LOG_FORMAT="json")
