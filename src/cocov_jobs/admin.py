@@ -104,13 +104,21 @@ SELECT
 FROM pgqueuer q
 """
 
-#: Finished runs per time bucket: processed (successful) and failed (held as failed).
+#: Finished runs per time bucket (every bucket of the span, empty ones as 0): processed
+#: (successful) and failed (held as failed).
 _HISTOGRAM = """
-SELECT date_trunc($1::text, created) AS bucket,
-       count(*) FILTER (WHERE status = 'successful') AS processed,
-       count(*) FILTER (WHERE status IN ('failed', 'exception')) AS failed
-FROM pgqueuer_log WHERE created > now() - $2::interval
-GROUP BY 1 ORDER BY 1
+WITH runs AS (
+    SELECT date_trunc($1::text, created) AS bucket,
+           count(*) FILTER (WHERE status = 'successful') AS processed,
+           count(*) FILTER (WHERE status IN ('failed', 'exception')) AS failed
+    FROM pgqueuer_log WHERE created > now() - $2::interval
+    GROUP BY 1
+)
+SELECT b.bucket, coalesce(r.processed, 0) AS processed, coalesce(r.failed, 0) AS failed
+FROM generate_series(date_trunc($1::text, now() - $2::interval), now(),
+                     ('1 ' || $1::text)::interval) AS b(bucket)
+LEFT JOIN runs r ON r.bucket = b.bucket
+ORDER BY b.bucket
 """
 
 _WORKERS = f"""
