@@ -45,7 +45,7 @@ REPO = "big"
 
 
 def machine() -> dict[str, object]:
-    """CPUs usable by this process (what ``nproc`` prints), CPU model, tool versions."""
+    """CPUs usable (what ``nproc`` prints), current load, CPU model, tool versions."""
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -56,6 +56,7 @@ def machine() -> dict[str, object]:
     )
     return {
         "nproc": len(os.sched_getaffinity(0)),
+        "load_average_1min": os.getloadavg()[0],
         "cpu_model": model,
         "python": sys.version.split()[0],
         "git": _version("git", "--version"),
