@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cocov_jobs import admin, logs, queue
+from cocov_jobs.cli_tokens import tokens_app
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
@@ -32,6 +33,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(tokens_app, name="tokens")
 
 log = structlog.get_logger("cocov_jobs")
 #: Tables keep whole rows when piped (rich would wrap at 80 columns).

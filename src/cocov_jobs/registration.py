@@ -10,6 +10,11 @@ branch heads already moved.
 Deferred coverage is claimed in two steps so that a rollback never loses it: the payload is read
 (GET) and stored as an upload inside the transaction; :meth:`Registration.after_commit` deletes
 the Redis key afterwards only if it still holds the same payload (a newer upload stays).
+
+Whoever decides whether commit ``sha`` exists — registration, and a coverage upload choosing
+between processing and holding — first takes :func:`lock_commit`, a transaction-level advisory
+lock. Without it an upload could miss a commit being registered and hold its coverage after the
+registration looked for it: never processed.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs import contracts, queue
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
+
+log = structlog.get_logger(__name__)
 
 _UPSERT_COMMIT = text(
     """
@@ -55,6 +63,8 @@ _RESET_COVERAGE = text(
     """
 )
 
+_LOCK_COMMIT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
 _DELETE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -81,6 +91,28 @@ class Registration:
         for key, value in self._claimed:
             await redis.eval(_DELETE_IF_SAME, 1, key, value)
         self._claimed.clear()
+
+
+def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
+    """The held upload, or None (logged, then discarded) when it is not a JSON object.
+
+    Cocov itself wrote Ruby ``Hash#inspect`` text there (reference §4, bug 1): a key left by a
+    Cocov installation must not block the push that finds it.
+    """
+    try:
+        data = json.loads(pending)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    log.warning("discarding deferred coverage that is not a JSON object", key=key)
+    return None
+
+
+async def lock_commit(session: AsyncSession, repository_id: int, sha: str) -> None:
+    """Wait for, then hold until the transaction ends, the registration lock of ``sha``."""
+    key = f"commit-registration:{repository_id}:{sha.lower()}"
+    await session.execute(_LOCK_COMMIT, {"key": key})
 
 
 async def queue_coverage(
@@ -125,6 +157,7 @@ async def register_head_commit(
     author_email: str,
 ) -> Registration:
     """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work."""
+    await lock_commit(session, repository_id, sha)
     row = (
         await session.execute(
             _UPSERT_COMMIT,
@@ -147,10 +180,11 @@ async def register_head_commit(
     key = contracts.deferred_coverage_key(repository_id, sha)
     pending = await redis.get(key)
     if pending is not None:
-        data = json.loads(pending)
-        registration.coverage_upload_id = await queue_coverage(
-            session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
-        )
+        data = _pending_coverage(key, pending)
+        if data is not None:
+            registration.coverage_upload_id = await queue_coverage(
+                session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
+            )
         registration._claimed.append((key, pending))
     if not processed:
         registration.process_commit_job = await queue.enqueue(

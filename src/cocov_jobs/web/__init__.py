@@ -1,1 +1,1 @@
-"""HTTP: probes now; webhooks, coverage uploads, service API, metrics and dashboard later."""
+"""HTTP: GitHub webhooks, coverage uploads, service API, probes, metrics, dashboard."""

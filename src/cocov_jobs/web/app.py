@@ -1,4 +1,10 @@
-"""The Starlette application served by ``cocov-jobs web`` and ``cocov-jobs run``."""
+"""The Starlette application served by ``cocov-jobs web`` and ``cocov-jobs run``.
+
+Routes: GitHub webhooks (:mod:`~cocov_jobs.web.webhooks`), coverage uploads
+(:mod:`~cocov_jobs.web.reports`), the service API (:mod:`~cocov_jobs.web.api`), the probes
+(:mod:`~cocov_jobs.web.probes`), ``/metrics`` and the dashboard. Errors of the first three use
+Cocov's envelope (:mod:`~cocov_jobs.web.errors`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from cocov_jobs.services import Services
-from cocov_jobs.web import dashboard, metrics, probes
+from cocov_jobs.web import api, dashboard, metrics, probes, reports, webhooks
+from cocov_jobs.web.errors import EXCEPTION_HANDLERS
 
 
 def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     """The web app; ``expect_worker`` makes readiness require a live worker heartbeat."""
-    app = Starlette(routes=[*probes.routes], middleware=[Middleware(metrics.RequestCounter)])
+    app = Starlette(
+        routes=[*probes.routes, *webhooks.routes, *reports.routes, *api.routes],
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(metrics.RequestCounter)],
+    )
     app.router.routes.extend([*metrics.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker

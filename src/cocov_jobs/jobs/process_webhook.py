@@ -1,0 +1,29 @@
+"""``process_webhook(delivery_id, event, payload)`` — a webhook whose handler failed in the request.
+
+``POST /v1/github/events`` applies deliveries inline; when a handler raises there, the delivery
+is recorded with this job instead (:mod:`cocov_jobs.web.webhooks`). The job applies the same
+handler table (:mod:`cocov_jobs.web.github_events`) in one transaction, so the engine's retry
+policy covers webhook failures: transient errors are retried with backoff, a malformed payload
+fails at once with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.queue import job
+from cocov_jobs.web.github_events import apply_event
+
+
+@job()
+async def process_webhook(
+    ctx: JobContext, delivery_id: str, event: str, payload: dict[str, Any]
+) -> None:
+    """Apply a recorded GitHub delivery's effects (the handler table of reference §5.2)."""
+    async with ctx.db.begin() as session:
+        effects = await apply_event(session, ctx.redis, event, payload)
+    await effects.after_commit()
+    ctx.log.info(
+        "webhook applied", delivery_id=delivery_id, github_event=event, handlers=effects.handlers
+    )

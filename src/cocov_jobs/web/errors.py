@@ -1,0 +1,78 @@
+"""Cocov's error envelope and the exception handlers that produce it.
+
+Every error answer has the body ``{"code": "<dotted.path>", "message": "<text>"}`` (reference
+§1.3). Routes raise :class:`ApiError` for request errors; the handlers below turn the rest into:
+
+* 503 ``service.unavailable`` with ``Retry-After: RETRY_AFTER_SECONDS`` when PostgreSQL or
+  Redis cannot be reached (:func:`store_unavailable`) — the request changed nothing that
+  committed, so the client may simply send it again;
+* 500 ``internal_error`` for anything else (logged with its traceback by the server).
+"""
+
+from __future__ import annotations
+
+import redis.exceptions
+import sqlalchemy.exc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+#: Seconds a client is told to wait (``Retry-After``) when a store is unavailable.
+RETRY_AFTER_SECONDS = 5
+
+
+class ApiError(Exception):
+    """A request error answered with ``status`` and Cocov's envelope."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means PostgreSQL or Redis could not be reached or dropped the connection."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+        )
+    return isinstance(
+        exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    if not store_unavailable(exc):
+        raise exc
+    return error_response(
+        503,
+        "service.unavailable",
+        "A data store is unavailable; nothing was recorded. Try again later.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "internal_error", "Internal server error")
+
+
+#: ``exception_handlers`` of the web app.
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    OSError: _store_error,
+    sqlalchemy.exc.DBAPIError: _store_error,
+    redis.exceptions.ConnectionError: _store_error,
+    redis.exceptions.TimeoutError: _store_error,
+    Exception: _internal_error,
+}

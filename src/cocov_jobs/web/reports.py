@@ -1,0 +1,125 @@
+"""``POST /v1/reports``: coverage uploads from Cocov's coverage reporter (reference §1.3, §3.5, §4).
+
+Request: ``Authorization: token <repositories.token>`` and the JSON body
+``{"data": {"<path>": "<base64>", …}, "commit_sha": "<sha>"}``. Answers, in check order:
+
+====  ==========================  ======================================================
+401   ``auth.no_authorization``   no ``Authorization`` header
+401   ``auth.invalid_token``      another scheme than ``token``, or no token
+403   ``auth.forbidden``          no repository has the token
+413   ``request.too_large``       body over :data:`MAX_REPORT_BYTES`
+400   ``request.invalid_json``    body is not JSON (``request.not_an_object``: not an object)
+400   ``report.missing_data``     ``data`` missing or blank (null, ``""``, ``{}``, ``[]``)
+400   ``report.missing_commit_sha``  ``commit_sha`` missing or blank
+422   ``report.invalid_commit_sha``  ``commit_sha`` is not a full commit id (40/64 hex)
+422   ``report.invalid_data``     ``data`` is not an object, a path is not canonical and
+                                  relative (``..``, absolute, NUL…) or a value is not base64;
+                                  the message names the file
+204                               accepted
+====  ==========================  ======================================================
+
+Accepted uploads: when the commit is known, the upload is stored and ``process_coverage``
+enqueued in one transaction (:func:`~cocov_jobs.registration.queue_coverage`); otherwise the
+canonical JSON of ``data`` is held in Redis under ``commit:coverage:<repo_id>:<sha>`` for
+:data:`~cocov_jobs.contracts.DEFERRED_COVERAGE_TTL` seconds (a newer upload replaces it) until a
+push or ``initialize_repository`` registers the commit and claims it. Both paths hold the
+commit's registration lock, so an upload racing a push is never left behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cocov_jobs import contracts
+from cocov_jobs.coverage import CoverageFormatError, decode_payload, validate_path
+from cocov_jobs.gitstore.layout import check_sha
+from cocov_jobs.registration import canonical_coverage, lock_commit, queue_coverage
+from cocov_jobs.services import Services
+from cocov_jobs.web import auth
+from cocov_jobs.web.body import MIB, parse_json_object, read_body
+from cocov_jobs.web.errors import ApiError
+
+#: Largest accepted upload body.
+MAX_REPORT_BYTES = 64 * MIB
+
+_FIND_COMMIT = text("SELECT id FROM commits WHERE repository_id = :repository_id AND sha = :sha")
+
+
+@dataclass(frozen=True)
+class Upload:
+    sha: str
+    data: dict[str, str]
+
+
+def _blank(value: object) -> bool:
+    """Rails' ``blank?``: nil, false, empty or whitespace-only string, empty collection."""
+    if value is None or value is False:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, dict | list) and not value
+
+
+def _invalid_data(message: str) -> ApiError:
+    return ApiError(422, "report.invalid_data", message)
+
+
+def parse_upload(body: dict[str, Any]) -> Upload:
+    """The upload in ``body``, every path and value checked, else a 400/422 :class:`ApiError`."""
+    data, sha = body.get("data"), body.get("commit_sha")
+    if _blank(data):
+        raise ApiError(400, "report.missing_data", "Parameter data is required")
+    if _blank(sha):
+        raise ApiError(400, "report.missing_commit_sha", "Parameter commit_sha is required")
+    try:
+        sha = check_sha(sha.strip().lower() if isinstance(sha, str) else "")
+    except ValueError:
+        raise ApiError(
+            422, "report.invalid_commit_sha", "commit_sha must be a full commit id"
+        ) from None
+    if not isinstance(data, dict):
+        raise _invalid_data("data must map file paths to base64 coverage data")
+    for path, encoded in data.items():
+        try:
+            validate_path(path)
+            if not isinstance(encoded, str):
+                raise CoverageFormatError(f"Coverage data for {path!r} is not a string")
+            decode_payload(path, encoded)
+        except CoverageFormatError as exc:
+            raise _invalid_data(str(exc)) from None
+    return Upload(sha, data)
+
+
+async def post_report(request: Request) -> Response:
+    services: Services = request.app.state.services
+    async with services.sessions() as session:
+        repository_id = await auth.upload_repository(session, request)
+    upload = parse_upload(parse_json_object(await read_body(request, MAX_REPORT_BYTES)))
+    async with services.sessions.begin() as session:
+        await lock_commit(session, repository_id, upload.sha)
+        params = {"repository_id": repository_id, "sha": upload.sha}
+        commit_id = await session.scalar(_FIND_COMMIT, params)
+        if commit_id is not None:
+            await queue_coverage(
+                session,
+                repository_id=repository_id,
+                commit_id=commit_id,
+                sha=upload.sha,
+                data=upload.data,
+            )
+        else:
+            await services.redis.set(
+                contracts.deferred_coverage_key(repository_id, upload.sha),
+                canonical_coverage(upload.data),
+                ex=contracts.DEFERRED_COVERAGE_TTL,
+            )
+    return Response(status_code=204)
+
+
+routes = [Route("/v1/reports", post_report, methods=["POST"])]

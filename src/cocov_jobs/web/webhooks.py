@@ -1,0 +1,175 @@
+"""``POST /v1/github/events``: GitHub webhooks (reference §5.1, DESIGN §4.6).
+
+Checks, in this order; nothing is written when one fails:
+
+1. the body is at most :data:`MAX_WEBHOOK_BYTES` (GitHub's largest payload), enforced while
+   reading — 413 ``request.too_large``;
+2. when ``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` is set, ``X-Hub-Signature-256`` equals
+   ``sha256=<hex HMAC-SHA256 of the raw body>``, compared in constant time — else 401
+   ``webhook.invalid_signature`` (Cocov answered 403);
+3. ``X-GitHub-Event`` and ``X-GitHub-Delivery`` are present (at most
+   :data:`MAX_HEADER_VALUE_LENGTH` characters) — else 400 ``webhook.missing_event`` /
+   ``webhook.missing_delivery``;
+4. the body is a JSON object — else 400 ``request.invalid_json`` / ``request.not_an_object``.
+
+Then, in **one** transaction, the delivery is recorded in ``cocov_jobs_webhook_deliveries``
+(``INSERT … ON CONFLICT DO NOTHING`` on the delivery id) and, when it is new, every rule of the
+handler table (:mod:`~cocov_jobs.web.github_events`) is applied. The answer is sent after the
+commit:
+
+* 202 ``{"outcome": "applied"}`` — recorded, effects written and jobs enqueued;
+* 200 ``{"outcome": "duplicate"}`` — the id was already recorded; nothing changes. A concurrent
+  copy waits on the first one's uncommitted row, so exactly one copy applies;
+* 422 ``webhook.malformed_payload`` — the payload lacks what a handler must write; nothing
+  written.
+
+**A failing handler is retried by the engine, never swallowed.** When a handler raises, the
+transaction rolls back and a second one records the delivery together with a
+``process_webhook`` job carrying the payload; the worker applies the same table with the
+engine's retry policy (exponential backoff; a job that keeps failing is held as failed, with
+its error, for ``cocov-jobs jobs``). The answer is then 202 ``{"outcome": "deferred"}``. When
+that transaction fails too (PostgreSQL unreachable) the answer is 503/500 with nothing written,
+and a redelivery starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cocov_jobs import queue
+from cocov_jobs.services import Services
+from cocov_jobs.web.body import MIB, parse_json_object, read_body
+from cocov_jobs.web.errors import ApiError
+from cocov_jobs.web.github_events import MalformedPayload, apply_event, event_action
+
+log = structlog.get_logger(__name__)
+
+#: Largest accepted body: GitHub caps webhook payloads at 25 MB.
+MAX_WEBHOOK_BYTES = 25 * MIB
+#: Longest accepted ``X-GitHub-Event`` / ``X-GitHub-Delivery`` value (GitHub's are short).
+MAX_HEADER_VALUE_LENGTH = 200
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+EVENT_HEADER = "X-GitHub-Event"
+DELIVERY_HEADER = "X-GitHub-Delivery"
+#: Prefix of the signature header's value.
+SIGNATURE_PREFIX = "sha256="
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+DEFERRED = "deferred"
+
+_RECORD_DELIVERY = text(
+    "INSERT INTO cocov_jobs_webhook_deliveries (delivery_id, event, action)"
+    " VALUES (:delivery_id, :event, :action)"
+    " ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id"
+)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    event: str
+    payload: dict[str, Any]
+
+
+def verify_signature(secret: str, body: bytes, signature: str | None) -> None:
+    """401 unless ``signature`` is the body's HMAC-SHA256 with ``secret`` (skipped when blank)."""
+    if not secret:
+        return
+    expected = SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    # Starlette decodes header values as latin-1: encoding back is lossless.
+    given = (signature or "").strip().encode("latin-1")
+    if not hmac.compare_digest(expected.encode(), given):
+        raise ApiError(
+            401, "webhook.invalid_signature", f"{SIGNATURE_HEADER} is missing or does not match"
+        )
+
+
+def _header(request: Request, name: str, code: str) -> str:
+    value = request.headers.get(name, "").strip()
+    if not value or len(value) > MAX_HEADER_VALUE_LENGTH:
+        raise ApiError(400, code, f"Header {name} is missing or invalid")
+    return value
+
+
+async def _record(session: AsyncSession, delivery: Delivery) -> bool:
+    """Record the delivery; False when its id was already recorded."""
+    recorded = await session.scalar(
+        _RECORD_DELIVERY,
+        {
+            "delivery_id": delivery.id,
+            "event": delivery.event,
+            "action": event_action(delivery.payload),
+        },
+    )
+    return recorded is not None
+
+
+async def _apply(services: Services, delivery: Delivery) -> str:
+    try:
+        async with services.sessions.begin() as session:
+            if not await _record(session, delivery):
+                return DUPLICATE
+            effects = await apply_event(session, services.redis, delivery.event, delivery.payload)
+    except MalformedPayload as exc:
+        raise ApiError(422, "webhook.malformed_payload", str(exc)) from None
+    except Exception:
+        log.warning(
+            "webhook handler failed; deferring to a process_webhook job",
+            delivery_id=delivery.id,
+            github_event=delivery.event,
+            exc_info=True,
+        )
+        return await _defer(services, delivery)
+    await effects.after_commit()
+    log.info(
+        "webhook applied",
+        delivery_id=delivery.id,
+        github_event=delivery.event,
+        handlers=effects.handlers,
+    )
+    return APPLIED
+
+
+async def _defer(services: Services, delivery: Delivery) -> str:
+    """Record the delivery with a ``process_webhook`` job that applies it with retries."""
+    async with services.sessions.begin() as session:
+        if not await _record(session, delivery):
+            return DUPLICATE
+        await queue.enqueue(
+            session,
+            "process_webhook",
+            delivery_id=delivery.id,
+            event=delivery.event,
+            payload=delivery.payload,
+        )
+    return DEFERRED
+
+
+async def github_events(request: Request) -> Response:
+    services: Services = request.app.state.services
+    body = await read_body(request, MAX_WEBHOOK_BYTES)
+    verify_signature(
+        services.settings.github_webhook_secret_key, body, request.headers.get(SIGNATURE_HEADER)
+    )
+    event = _header(request, EVENT_HEADER, "webhook.missing_event")
+    delivery_id = _header(request, DELIVERY_HEADER, "webhook.missing_delivery")
+    delivery = Delivery(delivery_id, event, parse_json_object(body))
+    outcome = await _apply(services, delivery)
+    return JSONResponse(
+        {"delivery_id": delivery_id, "outcome": outcome},
+        status_code=200 if outcome == DUPLICATE else 202,
+    )
+
+
+routes = [Route("/v1/github/events", github_events, methods=["POST"])]

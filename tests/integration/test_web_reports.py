@@ -1,0 +1,335 @@
+"""``POST /v1/reports`` over real HTTP: Cocov's error table, known and unknown commits, the
+two-hour hold and its claim by a push."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import text
+from tests.helpers import insert, jobs
+from tests.integration.test_web_server import (
+    PostgresProxy,
+    deliver,
+    fixture_repository,
+    http_client,
+    payload,
+    services_at,
+    until,
+    webhook_settings,
+)
+
+from cocov_jobs import contracts
+from cocov_jobs.config import Settings
+from cocov_jobs.registration import canonical_coverage, lock_commit
+from cocov_jobs.services import Services
+
+UPLOAD = json.loads(
+    (Path(__file__).parent.parent / "data" / "coverage" / "coverage_data.json").read_text()
+)
+#: The sha of the push fixture (``push.json``).
+PUSH_SHA = "6858adf07e5cd43f9c5d87573369fa354d20a076"
+TOKEN = "crt_0123456789abcdef0123456789abcdef012345"
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return webhook_settings()
+
+
+@pytest.fixture
+async def repo(services: Services) -> int:
+    return await fixture_repository(services, token=TOKEN)
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(services) as opened:
+        yield opened
+
+
+async def post(
+    client: httpx.AsyncClient, body: Any, *, authorization: str | None = f"token {TOKEN}"
+) -> httpx.Response:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    return await client.post("/v1/reports", json=body, headers=headers)
+
+
+async def uploads(services: Services) -> list[dict[str, Any]]:
+    async with services.engine.connect() as conn:
+        result = await conn.execute(
+            text("SELECT id, repository_id, sha, data FROM cocov_jobs_coverage_uploads ORDER BY id")
+        )
+        return [dict(r._mapping) for r in result]
+
+
+async def add_commit(services: Services, repo: int, sha: str = PUSH_SHA) -> int:
+    return await insert(
+        services,
+        "commits",
+        repository_id=repo,
+        sha=sha,
+        author_name="A",
+        author_email="a@x",
+        message="m",
+        clone_status=0,
+    )
+
+
+def held_key(repo: int, sha: str = PUSH_SHA) -> str:
+    return contracts.deferred_coverage_key(repo, sha)
+
+
+# The error table -------------------------------------------------------------------------------
+
+GOOD = {"data": UPLOAD["data"], "commit_sha": PUSH_SHA}
+
+
+@pytest.mark.parametrize(
+    ("authorization", "body", "status", "code"),
+    [
+        (None, GOOD, 401, "auth.no_authorization"),
+        (f"bearer {TOKEN}", GOOD, 401, "auth.invalid_token"),
+        ("token", GOOD, 401, "auth.invalid_token"),
+        ("token crt_unknown", GOOD, 403, "auth.forbidden"),
+        (f"token {TOKEN}", {"commit_sha": PUSH_SHA}, 400, "report.missing_data"),
+        (f"token {TOKEN}", {"data": {}, "commit_sha": PUSH_SHA}, 400, "report.missing_data"),
+        (f"token {TOKEN}", {"data": "  ", "commit_sha": PUSH_SHA}, 400, "report.missing_data"),
+        (f"token {TOKEN}", {"data": UPLOAD["data"]}, 400, "report.missing_commit_sha"),
+        (
+            f"token {TOKEN}",
+            {"data": UPLOAD["data"], "commit_sha": ""},
+            400,
+            "report.missing_commit_sha",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": UPLOAD["data"], "commit_sha": "6858adf"},
+            422,
+            "report.invalid_commit_sha",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": UPLOAD["data"], "commit_sha": 42},
+            422,
+            "report.invalid_commit_sha",
+        ),
+        (f"token {TOKEN}", {"data": "bla", "commit_sha": PUSH_SHA}, 422, "report.invalid_data"),
+        (
+            f"token {TOKEN}",
+            {"data": {"a.rb": "!!notbase64"}, "commit_sha": PUSH_SHA},
+            422,
+            "report.invalid_data",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": {"../etc/passwd": "AAAx"}, "commit_sha": PUSH_SHA},
+            422,
+            "report.invalid_data",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": {"/abs/a.rb": "AAAx"}, "commit_sha": PUSH_SHA},
+            422,
+            "report.invalid_data",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": {"a\u0000.rb": "AAAx"}, "commit_sha": PUSH_SHA},
+            422,
+            "report.invalid_data",
+        ),
+        (
+            f"token {TOKEN}",
+            {"data": {"a.rb": 12}, "commit_sha": PUSH_SHA},
+            422,
+            "report.invalid_data",
+        ),
+        (f"token {TOKEN}", [GOOD], 400, "request.not_an_object"),
+    ],
+)
+async def test_errors_follow_cocovs_table_and_write_nothing(
+    services: Services,
+    redis: aioredis.Redis,
+    client: httpx.AsyncClient,
+    repo: int,
+    authorization: str | None,
+    body: Any,
+    status: int,
+    code: str,
+) -> None:
+    response = await post(client, body, authorization=authorization)
+    assert response.status_code == status
+    assert response.json()["code"] == code
+    assert set(response.json()) == {"code", "message"}
+    assert await uploads(services) == []
+    assert await redis.keys("commit:coverage:*") == []
+
+
+async def test_invalid_data_message_names_the_file(client: httpx.AsyncClient, repo: int) -> None:
+    data = dict(UPLOAD["data"]) | {"lib/bad.rb": "AAAx=A"}
+    response = await post(client, {"data": data, "commit_sha": PUSH_SHA})
+    assert response.status_code == 422
+    assert "lib/bad.rb" in response.json()["message"]
+
+
+async def test_non_json_body_is_400(client: httpx.AsyncClient, repo: int) -> None:
+    response = await client.post(
+        "/v1/reports", content=b"data=1", headers={"Authorization": f"token {TOKEN}"}
+    )
+    assert (response.status_code, response.json()["code"]) == (400, "request.invalid_json")
+
+
+# Accepted uploads ------------------------------------------------------------------------------
+
+
+async def test_upload_for_a_known_commit_is_queued(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    commit = await add_commit(services, repo)
+    response = await post(client, {"data": UPLOAD["data"], "commit_sha": PUSH_SHA.upper()})
+    assert (response.status_code, response.content) == (204, b"")
+    [upload] = await uploads(services)
+    assert (upload["repository_id"], upload["sha"], upload["data"]) == (
+        repo,
+        PUSH_SHA,
+        UPLOAD["data"],
+    )
+    assert [(j["entrypoint"], j["args"]) for j in await jobs(services)] == [
+        ("process_coverage", {"repository_id": repo, "sha": PUSH_SHA, "upload_id": upload["id"]})
+    ]
+    async with services.engine.connect() as conn:
+        status = await conn.scalar(
+            text("SELECT status FROM coverage_infos WHERE commit_id = :c"), {"c": commit}
+        )
+    assert status == 1  # queued
+    assert await redis.keys("commit:coverage:*") == []
+
+
+async def test_upload_for_an_unknown_commit_is_held_two_hours_and_replaced(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    first = {"a.rb": base64.b64encode(b"1\x001").decode()}
+    assert (await post(client, {"data": first, "commit_sha": PUSH_SHA})).status_code == 204
+    assert (await post(client, GOOD)).status_code == 204
+    assert await redis.get(held_key(repo)) == canonical_coverage(UPLOAD["data"]).encode()
+    ttl = await redis.ttl(held_key(repo))
+    assert contracts.DEFERRED_COVERAGE_TTL - 5 <= ttl <= contracts.DEFERRED_COVERAGE_TTL
+    assert await uploads(services) == []
+    assert await jobs(services) == []
+
+
+async def test_coverage_before_its_commit_is_processed_once_after_the_push(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    assert (await post(client, GOOD)).status_code == 204
+    assert (await deliver(client, "push", payload("push"))).status_code == 202
+    assert (await deliver(client, "push", payload("push"))).status_code == 202  # new delivery id
+
+    [upload] = await uploads(services)
+    assert upload["data"] == UPLOAD["data"]
+    queued = [(j["entrypoint"], j["args"]) for j in await jobs(services)]
+    coverage_jobs = [args for name, args in queued if name == "process_coverage"]
+    assert coverage_jobs == [{"repository_id": repo, "sha": PUSH_SHA, "upload_id": upload["id"]}]
+    # The state process_coverage will see once it runs: the branch head already moved.
+    async with services.engine.connect() as conn:
+        head = await conn.scalar(
+            text(
+                "SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id"
+                " WHERE b.repository_id = :r AND b.name = 'master'"
+            ),
+            {"r": repo},
+        )
+    assert head == PUSH_SHA
+    assert await redis.get(held_key(repo)) is None
+
+
+async def test_coverage_expired_after_two_hours_is_never_processed(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    assert (await post(client, GOOD)).status_code == 204
+    await redis.pexpire(held_key(repo), 1)  # the two hours are over
+    await until(lambda: _gone(redis, held_key(repo)))
+    assert (await deliver(client, "push", payload("push"))).status_code == 202
+    assert [j["entrypoint"] for j in await jobs(services)] == ["process_commit"]
+    assert await uploads(services) == []
+
+
+async def _gone(redis: aioredis.Redis, key: str) -> bool:
+    return not await redis.exists(key)
+
+
+async def test_held_value_left_by_cocov_does_not_block_the_push(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    """Cocov stored Ruby's Hash#inspect text there (reference §4): discard it, register."""
+    await redis.set(held_key(repo), '{"a.rb"=>"AAAx"}', ex=contracts.DEFERRED_COVERAGE_TTL)
+    response = await deliver(client, "push", payload("push"))
+    assert (response.status_code, response.json()["outcome"]) == (202, "applied")
+    assert [j["entrypoint"] for j in await jobs(services)] == ["process_commit"]
+    assert await redis.get(held_key(repo)) is None
+
+
+async def test_upload_racing_a_registration_waits_for_it_and_is_queued(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    """The registration lock: an upload never misses a commit being registered."""
+    async with services.sessions() as registering:
+        await lock_commit(registering, repo, PUSH_SHA)
+        commit = await registering.scalar(
+            text(
+                "INSERT INTO commits (repository_id, sha, author_name, author_email, message,"
+                " clone_status, created_at, updated_at)"
+                " VALUES (:r, :s, 'A', 'a@x', 'm', 0, now(), now()) RETURNING id"
+            ),
+            {"r": repo, "s": PUSH_SHA},
+        )
+        upload = asyncio.create_task(post(client, GOOD))
+        await until(lambda: _advisory_lock_awaited(services))
+        assert not upload.done()
+        await registering.commit()
+    response = await upload
+    assert response.status_code == 204
+    assert [j["entrypoint"] for j in await jobs(services)] == ["process_coverage"]
+    assert await redis.get(held_key(repo)) is None
+    assert commit is not None
+
+
+async def _advisory_lock_awaited(services: Services) -> bool:
+    async with services.engine.connect() as conn:
+        waiting = await conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+    return bool(waiting)
+
+
+async def test_upload_while_postgresql_is_down_is_503_and_holds_nothing(
+    services: Services, settings: Settings, redis: aioredis.Redis, redis_url: str, repo: int
+) -> None:
+    proxy = PostgresProxy(services.database_url)
+    await proxy.start()
+    async with (
+        services_at(settings, database_url=proxy.url, redis_url=redis_url) as through,
+        http_client(through) as client,
+    ):
+        await proxy.cut()
+        response = await post(client, GOOD)
+    assert (response.status_code, response.json()["code"]) == (503, "service.unavailable")
+    assert await redis.keys("commit:coverage:*") == []
+
+
+async def test_ten_megabyte_upload_is_accepted(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+) -> None:
+    line = base64.b64encode(b"1\x00" * 3000).decode()  # 8 kB per file
+    data = {f"src/file_{i}.rb": line for i in range(1250)}
+    response = await post(client, {"data": data, "commit_sha": PUSH_SHA})
+    assert response.status_code == 204
+    assert len(json.loads(await redis.get(held_key(repo)) or b"{}")) == 1250
