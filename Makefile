@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 
 setup: system-packages $(BIN)/cocov-jobs
 
-# Debian packages the service needs at run time (embedded stores, clones): installed only when missing.
+# Debian packages: the service's (embedded stores, clones) and the browser the dashboard tests
+# drive. Installed only when missing.
 system-packages:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql postgresql-contrib"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v git >/dev/null || missing="$$missing git"; \
 	command -v zstd >/dev/null || missing="$$missing zstd"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
