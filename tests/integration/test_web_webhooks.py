@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
-from tests.helpers import insert, jobs
+from tests.helpers import drain, insert, jobs
 from tests.integration.test_web_server import (
     DATA,
     closed_port,
@@ -26,8 +27,9 @@ from tests.integration.test_web_server import (
     webhook_settings,
 )
 
-from cocov_jobs import contracts
+from cocov_jobs import contracts, queue
 from cocov_jobs.config import Settings
+from cocov_jobs.gitstore import repo_dir
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
 from cocov_jobs.worker import Worker
@@ -39,8 +41,8 @@ ORG_MEMBER_GITHUB_ID = 39652351
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return webhook_settings()
+def settings(tmp_path: Path) -> Settings:
+    return webhook_settings(git_service_local_storage_path=tmp_path / "git")
 
 
 @pytest.fixture
@@ -412,6 +414,43 @@ async def test_repository_renamed_sets_the_name_and_moves_stored_clones(
         ("update_repo_permissions", {"repository_id": repo}),
         ("move_repository_storage", {"repository_id": repo, "old_name": "foo"}),
     ]
+
+
+def _store_clone(settings: Settings, repo_name: str, sha: str) -> Path:
+    """A published commit in local storage: its tree and archive pair."""
+    base = settings.git_service_local_storage_path / repo_dir(repo_name)
+    (base / sha).mkdir(parents=True)
+    (base / sha / "README.md").write_text("hello")
+    (base / f"{sha}.tar.zst").write_bytes(b"zstd")
+    (base / f"{sha}.tar.zst.shasum").write_text("sha256:00")
+    return base
+
+
+@pytest.mark.parametrize(
+    ("other_repository", "moved"), [(None, True), ("foo", False)], ids=["moved", "name-taken"]
+)
+async def test_move_repository_storage_moves_clones_to_the_current_name(
+    services: Services, settings: Settings, other_repository: str | None, moved: bool
+) -> None:
+    repo = await fixture_repository(services, name="renamed-again")
+    if other_repository is not None:  # a new repository took the old name: its clones stay
+        await insert(
+            services,
+            "repositories",
+            name=other_repository,
+            default_branch="main",
+            token="crt_taken",
+            github_id=5,
+        )
+    old = _store_clone(settings, "foo", PUSH_SHA)
+    async with services.sessions.begin() as session:
+        await queue.enqueue(session, "move_repository_storage", repository_id=repo, old_name="foo")
+    await drain(services)
+    new = settings.git_service_local_storage_path / repo_dir("renamed-again")
+    assert (new / PUSH_SHA / "README.md").exists() is moved
+    assert (new / f"{PUSH_SHA}.tar.zst.shasum").exists() is moved
+    assert old.exists() is not moved
+    assert await jobs(services) == []
 
 
 async def test_member_enqueues_repository_and_user_permissions(
