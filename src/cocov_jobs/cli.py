@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -18,7 +19,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from cocov_jobs import admin, logs, queue
+from cocov_jobs import admin, demo, logs, queue
 from cocov_jobs.cli_tokens import tokens_app
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
@@ -369,6 +370,46 @@ def quiet() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTSTP)
     typer.echo(f"quieted {len(pids)} worker process(es) on {host}")
+
+
+@app.command("demo")
+def demo_command(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Stores, clones and log of the demo [default: $COCOV_DATA_DIR/demo]."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Dashboard port [default: COCOV_WEB_PORT, or a free one if taken]."),
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep the dashboard running afterwards.")
+    ] = True,
+) -> None:
+    """See it work: a GitHub fake with a sample repository, every job end to end, the dashboard."""
+    base = _settings()
+    directory = demo.demo_dir(base, data_dir)
+    console.print(f"Starting the demo in {directory.resolve()} …")
+    demo.log_to_file(directory / demo.LOG_FILE)
+    with demo.sample_github() as sample:
+        settings = demo.demo_settings(base, sample.fake, directory)
+        default_port = base.web_port if serve else 0
+        with demo.listen(port, default_port) as listener:
+
+            async def body(services: Services, found: Stores) -> bool:
+                return await demo.run(
+                    services,
+                    found,
+                    sample,
+                    console=console,
+                    listener=listener,
+                    make_server=_server,
+                    serve=serve,
+                )
+
+            completed = _run_async(settings, body)
+    if not completed:
+        raise typer.Exit(1)
 
 
 def main() -> None:
