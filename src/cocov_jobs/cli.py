@@ -19,7 +19,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
-from cocov_jobs import admin, demo, logs, queue
+from cocov_jobs import admin, demo, demo_sample, logs, queue
 from cocov_jobs.cli_tokens import tokens_app
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
@@ -391,7 +391,7 @@ def demo_command(
     directory = demo.demo_dir(base, data_dir)
     console.print(f"Starting the demo in {directory.resolve()} …")
     demo.log_to_file(directory / demo.LOG_FILE)
-    with demo.sample_github() as sample:
+    with demo_sample.sample_github() as sample:
         settings = demo.demo_settings(base, sample.fake, directory)
         default_port = base.web_port if serve else 0
         with demo.listen(port, default_port) as listener:

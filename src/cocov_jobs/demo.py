@@ -3,10 +3,9 @@
 What it sets up
 ===============
 
-* The GitHub fake (:mod:`cocov_jobs.testing`) on 127.0.0.1 with the organization
-  :data:`ORG`: the repository :data:`REPO`, a small Python project with a ``.cocov.yaml``
-  (two checks, ``coverage: {min_percent: 80}``, ``tests/**`` excluded) committed by
-  :data:`AUTHOR`, two other repositories, and three collaborators.
+* The GitHub fake (:mod:`cocov_jobs.testing`) on 127.0.0.1 with the sample organization of
+  :mod:`cocov_jobs.demo_sample` (a small Python project with a ``.cocov.yaml``, its coverage,
+  two other repositories, collaborators).
 * Settings pointing at the fake, local clone storage under the demo directory and a random
   ``COCOV_CRYPTOGRAPHIC_KEY`` (:func:`demo_settings`). The demo directory
   (``--data-dir``, default ``<COCOV_DATA_DIR>/demo``) holds the embedded stores, the clones and
@@ -23,8 +22,8 @@ pipeline would (insert rows and enqueue jobs in one transaction, or call the HTT
 then waits for the state its jobs leave — polling every :data:`POLL_INTERVAL` seconds, at most
 :data:`STEP_TIMEOUT` seconds, and failing at once when one of the run's jobs fails or is
 retried. The first failed step stops the flow. A repository and users left by an earlier run
-in the same stores (recognised by :data:`REPO_DESCRIPTION` and :data:`DEMO_LOGINS`) are removed
-first, with ``destroy_repository``.
+in the same stores (recognised by their description and logins, see
+:mod:`~cocov_jobs.demo_sample`) are removed first, with ``destroy_repository``.
 
 Afterwards (unless ``--no-serve``) the dashboard and the worker keep running until Ctrl-C or
 SIGTERM; the fake and the embedded stores stop with them.
@@ -33,14 +32,12 @@ SIGTERM; the fake and the embedded stores stop with them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import secrets
 import socket
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -56,10 +53,23 @@ from sqlalchemy import text
 
 from cocov_jobs import admin, contracts, queue
 from cocov_jobs.config import Settings
-from cocov_jobs.coverage import NEUTRAL, Line, encode_lines
 from cocov_jobs.crypto import KEY_SIZE, new_service_token, service_token_digest
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.models import CheckSetStatus, CloneStatus, CoverageStatus, MemberLevel
+from cocov_jobs.demo_sample import (
+    AUTHOR,
+    AUTHOR_LOGIN,
+    BRANCH,
+    COLLABORATORS,
+    DEMO_LOGINS,
+    OPERATOR_LOGIN,
+    ORG,
+    REPO,
+    REPO_DESCRIPTION,
+    TOKEN_DESCRIPTION,
+    Sample,
+    coverage_data,
+)
 from cocov_jobs.embedded import Stores
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
@@ -69,107 +79,14 @@ from cocov_jobs.worker import Worker
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-# Sample organization ---------------------------------------------------------------------------
-
-#: GitHub organization of the demo.
-ORG: Final = "cocov-demo"
-#: The repository the flow adds to Cocov.
-REPO: Final = "calculator"
-#: Its description; also how a later run recognises the repository as the demo's.
-REPO_DESCRIPTION: Final = "Sample project of cocov-jobs demo"
-#: Other repositories of the organization (listed by the org sync only).
-OTHER_REPOS: Final = ("handbook", "website")
-#: Branch the sample commit is on.
-BRANCH: Final = "main"
-#: Author of the sample commit: name and e-mail.
-AUTHOR: Final = ("Ada Lovelace", "ada@cocov-demo.test")
-#: GitHub login of the author, who signs in to Cocov during the flow.
-AUTHOR_LOGIN: Final = "ada-cocov-demo"
-#: GitHub login of the operator who owns the dashboard's service token.
-OPERATOR_LOGIN: Final = "operator-cocov-demo"
-#: Users the demo creates; a later run removes them first.
-DEMO_LOGINS: Final = (AUTHOR_LOGIN, OPERATOR_LOGIN)
-#: Collaborators of :data:`REPO` and their GitHub roles.
-COLLABORATORS: Final[Mapping[str, str]] = {
-    AUTHOR_LOGIN: "admin",
-    "grace-cocov-demo": "maintain",
-    "linus-cocov-demo": "write",
-}
-#: Description of the service token created for the dashboard.
-TOKEN_DESCRIPTION: Final = "cocov-jobs demo dashboard"
-
-MANIFEST: Final = """\
-version: "0.1.alpha"
-coverage:
-  min_percent: 80
-exclude_paths:
-  - tests/**
-checks:
-  - plugin: cocov/pylint:v0.1
-  - plugin: cocov/semgrep:v0.1
-    envs:
-      SEMGREP_RULES: p/python
-"""
-
-#: Source files with the hit count CI measured for each line (``None``: not executable).
-SOURCES: Final[Mapping[str, tuple[tuple[int | None, str], ...]]] = {
-    "calculator/__init__.py": (
-        (None, '"""A tiny calculator: the sample project of cocov-jobs demo."""'),
-        (None, ""),
-        (1, "from calculator.ops import add, divide, multiply, power, subtract"),
-        (None, ""),
-        (1, '__all__ = ["add", "divide", "multiply", "power", "subtract"]'),
-    ),
-    "calculator/ops.py": (
-        (None, '"""Arithmetic on floats."""'),
-        (None, ""),
-        (None, ""),
-        (1, "def add(a: float, b: float) -> float:"),
-        (4, "    return a + b"),
-        (None, ""),
-        (None, ""),
-        (1, "def subtract(a: float, b: float) -> float:"),
-        (2, "    return a - b"),
-        (None, ""),
-        (None, ""),
-        (1, "def multiply(a: float, b: float) -> float:"),
-        (3, "    return a * b"),
-        (None, ""),
-        (None, ""),
-        (1, "def divide(a: float, b: float) -> float:"),
-        (2, "    if b == 0:"),
-        (0, '        raise ZeroDivisionError("cannot divide by zero")'),
-        (2, "    return a / b"),
-        (None, ""),
-        (None, ""),
-        (1, "def power(base: float, exponent: int) -> float:"),
-        (0, "    return base**exponent"),
-    ),
-    "tests/test_ops.py": (
-        (1, "from calculator import add, divide"),
-        (None, ""),
-        (None, ""),
-        (1, "def test_add() -> None:"),
-        (1, "    assert add(2, 3) == 5"),
-        (None, ""),
-        (None, ""),
-        (1, "def test_divide() -> None:"),
-        (1, "    assert divide(6, 3) == 2"),
-    ),
-}
-
-OTHER_FILES: Final[Mapping[str, str]] = {
-    ".cocov.yaml": MANIFEST,
-    "README.md": "# calculator\n\nThe sample project of `cocov-jobs demo`.\n",
-    "pyproject.toml": '[project]\nname = "calculator"\nversion = "0.1.0"\n',
-}
-
 # Flow ------------------------------------------------------------------------------------------
 
 #: Seconds between two checks of the state a step waits for.
 POLL_INTERVAL: Final = 0.1
 #: Seconds a step waits for its jobs before it fails.
 STEP_TIMEOUT: Final = 60.0
+#: Seconds the summary waits for running jobs to finish (their log rows are written in batches).
+SETTLE_TIMEOUT: Final = 5.0
 #: Seconds an HTTP request to the web app may take.
 HTTP_TIMEOUT: Final = 30.0
 #: Address the demo's web app listens on.
@@ -188,45 +105,6 @@ REPOSITORY_TOKEN_HEX: Final = 42
 
 class StepFailed(Exception):
     """A step could not complete; the message says why (shown in its row)."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """The GitHub fake with the sample organization, and what the flow needs to know of it."""
-
-    fake: FakeGitHub
-    sha: str
-    operator_token: str
-    author_token: str
-
-
-def source_text(lines: tuple[tuple[int | None, str], ...]) -> str:
-    return "".join(f"{line}\n" for _, line in lines)
-
-
-def coverage_data() -> dict[str, str]:
-    """The coverage reporter's ``data``: each file's line hits, wire format, base64."""
-    data = {}
-    for path, lines in SOURCES.items():
-        hits: list[Line] = [NEUTRAL if count is None else count for count, _ in lines]
-        data[path] = base64.b64encode(encode_lines(hits)).decode()
-    return data
-
-
-@contextlib.contextmanager
-def sample_github() -> Iterator[Sample]:
-    """Start the GitHub fake with the sample organization; stop it on exit."""
-    with FakeGitHub(org=ORG) as fake:
-        operator_token = fake.add_user(OPERATOR_LOGIN)
-        tokens = {login: fake.add_user(login) for login in COLLABORATORS}
-        fake.add_repo(REPO, description=REPO_DESCRIPTION, files={})
-        files = {**OTHER_FILES, **{path: source_text(src) for path, src in SOURCES.items()}}
-        sha = fake.commit(REPO, files, message="Add the calculator", author=AUTHOR)
-        for login, role in COLLABORATORS.items():
-            fake.grant(login, REPO, role)
-        for name in OTHER_REPOS:
-            fake.add_repo(name, private=False)
-        yield Sample(fake, sha, operator_token, tokens[AUTHOR_LOGIN])
 
 
 def demo_dir(base: Settings, data_dir: Path | None) -> Path:
@@ -366,7 +244,7 @@ _HEAD = text(
 )
 _PROCESSED = text(
     """
-    SELECT c.clone_size, r.commits_size, cs.id AS check_set_id,
+    SELECT c.clone_size, cs.id AS check_set_id,
            (SELECT count(*) FROM checks WHERE checks.check_set_id = cs.id) AS checks
     FROM commits c
     JOIN repositories r ON r.id = c.repository_id
@@ -395,6 +273,7 @@ _MEMBERSHIPS = text(
 _COMMIT_OWNER = text(
     "SELECT u.login FROM commits c JOIN users u ON u.id = c.user_id WHERE c.id = :id"
 )
+_RUNNING = text("SELECT count(*) FROM pgqueuer WHERE id > :since AND status = 'picked'")
 _JOBS_RUN = text(
     "SELECT entrypoint, count(*) AS runs FROM pgqueuer_log"
     " WHERE job_id > :since AND status = 'successful' GROUP BY entrypoint ORDER BY entrypoint"
@@ -422,8 +301,6 @@ class Flow:
     repository_id: int = 0
     repository_token: str = ""
     commit_id: int = 0
-    check_set_id: int = 0
-    sign_in_jobs: list[int] = field(default_factory=list)
 
     def steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
         return [
@@ -461,16 +338,24 @@ class Flow:
         async with self.services.sessions.begin() as session:
             return await queue.enqueue(session, name, **args)
 
-    async def until(self, what: str, probe: Callable[[], Awaitable[T | None]]) -> T:
-        """``probe()`` once it is not None; :class:`StepFailed` on a failed job or timeout."""
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while (found := await probe()) is None:
-            await self._check_jobs()
-            if self.worker_task is None or self.worker_task.done():
-                raise StepFailed(f"the worker stopped before {what}")
-            if time.monotonic() > deadline:
-                raise StepFailed(f"no {what} after {STEP_TIMEOUT:.0f} s (see {LOG_FILE})")
-            await asyncio.sleep(POLL_INTERVAL)
+    async def until(
+        self, what: str, probe: Callable[[], Awaitable[T | None]], *, watch_jobs: bool = True
+    ) -> T:
+        """``probe()`` once it is not None.
+
+        :class:`StepFailed` after :data:`STEP_TIMEOUT` seconds, when the worker stops, or
+        (``watch_jobs``) when a job of this run failed or waits for a retry.
+        """
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT):
+                while (found := await probe()) is None:
+                    if watch_jobs:
+                        await self._check_jobs()
+                    if self.worker_task is None or self.worker_task.done():
+                        raise StepFailed(f"the worker stopped before {what}")
+                    await asyncio.sleep(POLL_INTERVAL)
+        except TimeoutError:
+            raise StepFailed(f"no {what} after {STEP_TIMEOUT:.0f} s (see {LOG_FILE})") from None
         return found
 
     async def _check_jobs(self) -> None:
@@ -493,10 +378,8 @@ class Flow:
         self.worker_task = asyncio.create_task(self.worker.run())
         removed = await self._forget_previous_run()
         self.service_token = await self._create_operator()
-        return (
-            f"{self._stores_text()}; GitHub fake at"
-            f" {self.fake.base_url} (org {ORG}); worker and web app running"
-            + ("; the previous demo run was removed" if removed else "")
+        return f"{self._stores_text()}; GitHub fake {self.fake.base_url}" + (
+            "; the previous demo run was removed" if removed else ""
         )
 
     def _stores_text(self) -> str:
@@ -549,7 +432,7 @@ class Flow:
         await self._enqueue("update_organization_repos")
         items = await self.until("organization listing", self._org_listing)
         names = ", ".join(item["name"] for item in items)
-        return f"update_organization_repos cached {len(items)} repositories: {names}"
+        return f"{len(items)} repositories of {ORG} cached: {names}"
 
     async def _org_listing(self) -> list[dict[str, Any]] | None:
         cache = self.services.cache_redis
@@ -581,10 +464,7 @@ class Flow:
             return count if count == len(COLLABORATORS) else None
 
         count = await self.until("repository members", members)
-        return (
-            f"repository #{self.repository_id} {ORG}/{REPO}; update_repo_permissions"
-            f" mirrored {count} collaborators into repository_members"
-        )
+        return f"{REPO} (id {self.repository_id}); its {count} collaborators are members"
 
     async def initialize(self) -> str:
         async def head() -> Any:
@@ -592,10 +472,7 @@ class Flow:
 
         commit = await self.until(f"head of {BRANCH}", head)
         self.commit_id = int(commit.id)
-        return (
-            f'initialize_repository: commit {commit.sha[:SHORT_SHA]} "{commit.message}"'
-            f" is the head of {BRANCH}"
-        )
+        return f'{commit.sha[:SHORT_SHA]} "{commit.message}" is the head of {BRANCH}'
 
     async def process_commit(self) -> str:
         async def processed() -> Any:
@@ -612,13 +489,10 @@ class Flow:
             return row if await self.services.storage.commit_exists(REPO, self.sample.sha) else None
 
         row = await self.until("processed commit", processed)
-        self.check_set_id = int(row.check_set_id)
         status = self._status("cocov") or {}
         return (
-            f"process_commit: clone stored ({_kib(row.clone_size)}); {row.checks} checks"
-            f" queued for the Worker on {contracts.CHECKS_QUEUE}; status cocov"
-            f' {status.get("state")} "{status.get("description")}";'
-            f" compute_repository_commits_size: {_kib(row.commits_size)}"
+            f"clone stored ({_kib(row.clone_size)}), {row.checks} checks on"
+            f" {contracts.CHECKS_QUEUE}, status cocov: {status.get('state')}"
         )
 
     async def _descriptor_waiting(self, check_set_id: int) -> bool:
@@ -636,7 +510,7 @@ class Flow:
         )
         if response.status_code != httpx.codes.NO_CONTENT:
             raise StepFailed(f"POST /v1/reports answered {response.status_code}: {response.text}")
-        return f"POST /v1/reports with the coverage reporter's body ({len(data)} files): 204"
+        return f"POST /v1/reports ({len(data)} files): {response.status_code}"
 
     async def coverage_processed(self) -> str:
         async def recorded() -> Any:
@@ -649,9 +523,8 @@ class Flow:
         row = await self.until("recorded coverage", recorded)
         status = self._status("cocov/coverage") or {}
         return (
-            f"process_coverage: {row.files} files recorded (tests/** excluded), minimum"
-            f" {row.minimum_coverage}%; status cocov/coverage {status.get('state')}"
-            f' "{status.get("description")}"'
+            f"{row.files} files (tests/** excluded), minimum {row.minimum_coverage}%;"
+            f' cocov/coverage: {status.get("state")} "{status.get("description")}"'
         )
 
     async def permissions(self) -> str:
@@ -668,20 +541,17 @@ class Flow:
                 },
             )
             await session.execute(_INSERT_EMAIL, {"user_id": user_id, "email": AUTHOR[1]})
-        self.sign_in_jobs = await self._post_event("user-logged-in", user_id)
+        jobs = await self._post_event("user-logged-in", user_id)
 
         async def succeeded() -> bool | None:
-            done = await self._scalar(_SUCCEEDED, ids=self.sign_in_jobs)
-            return True if done == len(self.sign_in_jobs) else None
+            done = await self._scalar(_SUCCEEDED, ids=jobs)
+            return True if done == len(jobs) else None
 
         await self.until("sign-in jobs", succeeded)
         async with self.services.engine.connect() as conn:
             rows = (await conn.execute(_MEMBERSHIPS, {"github_id": author.id})).all()
         memberships = ", ".join(f"{r.name} ({MemberLevel(r.level).name})" for r in rows)
-        return (
-            f"{AUTHOR_LOGIN} signed in (POST /v1/events/user-logged-in);"
-            f" update_user_permissions: member of {memberships}"
-        )
+        return f"{AUTHOR_LOGIN} signed in; member of {memberships}"
 
     async def _post_event(self, event: str, user_id: int) -> list[int]:
         response = await self.http.post(
@@ -699,12 +569,17 @@ class Flow:
             return None if login is None else str(login)
 
         login = await self.until("commit author", owner)
-        return (
-            f"update_commits_author: commit {self.sample.sha[:SHORT_SHA]} by {AUTHOR[1]}"
-            f" belongs to {login}"
-        )
+        return f"{self.sample.sha[:SHORT_SHA]} by {AUTHOR[1]} belongs to {login}"
 
     async def jobs_run(self) -> dict[str, int]:
+        """Successful runs of this run's jobs by name, once none is running (or after a while)."""
+
+        async def settled() -> bool | None:
+            return None if await self._scalar(_RUNNING, since=self.since) else True
+
+        with contextlib.suppress(StepFailed, TimeoutError):
+            async with asyncio.timeout(SETTLE_TIMEOUT):
+                await self.until("settled jobs", settled, watch_jobs=False)
         async with self.services.engine.connect() as conn:
             rows = (await conn.execute(_JOBS_RUN, {"since": self.since})).all()
         return {str(r.entrypoint): int(r.runs) for r in rows}

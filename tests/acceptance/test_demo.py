@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cocov_jobs import demo
+from cocov_jobs import demo, demo_sample
 from tests.acceptance.conftest import CLI, cli_env
 
 #: Seconds the whole demo may take (embedded stores included).
@@ -47,7 +47,7 @@ def test_demo_completes_every_step_and_reruns_on_the_same_data(tmp_path: Path) -
     assert [line[1:].strip().split("  ")[0] for line in lines] == list(STEPS)
     assert all(line.startswith("✓") for line in lines), first.stdout
     assert '"85.71% covered"' in first.stdout
-    assert f"belongs to {demo.AUTHOR_LOGIN}" in first.stdout
+    assert f"belongs to {demo_sample.AUTHOR_LOGIN}" in first.stdout
     assert "Jobs run:" in first.stdout
     assert (data_dir / demo.LOG_FILE).stat().st_size > 0
 
