@@ -120,6 +120,7 @@ def demo_settings(base: Settings, fake: FakeGitHub, directory: Path) -> Settings
             "data_dir": directory,
             "git_service_storage_mode": "local",
             "git_service_local_storage_path": directory / "storage",
+            # KEY_SIZE hex digits: the key is the text's bytes.
             "cryptographic_key": secrets.token_hex(KEY_SIZE // 2),
         }
     )
@@ -255,7 +256,7 @@ _PROCESSED = text(
 )
 _COVERAGE = text(
     """
-    SELECT i.percent_covered, c.minimum_coverage,
+    SELECT c.minimum_coverage,
            (SELECT count(*) FROM coverage_files f WHERE f.coverage_info_id = i.id) AS files
     FROM coverage_infos i JOIN commits c ON c.id = i.commit_id
     WHERE i.commit_id = :id AND i.status = :completed
@@ -630,8 +631,8 @@ async def _show(flow: Flow, console: Console) -> bool:
     console.print()
     if flow.worker_task is not None:
         runs = await flow.jobs_run()
-        listed = ", ".join(f"{name} ×{count}" for name, count in runs.items())
-        console.print(f"Jobs run: {sum(runs.values())} ({listed})")
+        listed = "".join(f"\n  {name} ×{count}" for name, count in runs.items())
+        console.print(f"Jobs run: {sum(runs.values())}{listed}")
     console.print(f"Log: {flow.services.settings.data_dir / LOG_FILE}")
     return ok
 
