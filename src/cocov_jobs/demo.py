@@ -40,7 +40,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 
 import httpx
 import structlog
@@ -101,6 +101,14 @@ SHORT_SHA: Final = 7
 MAX_ERROR_CHARS: Final = 300
 #: Hex digits of a Cocov repository token after ``crt_``.
 REPOSITORY_TOKEN_HEX: Final = 42
+
+
+class JobRuns(NamedTuple):
+    """Successful runs of one job in this demo run, and the id of the last one."""
+
+    name: str
+    runs: int
+    last_id: int
 
 
 class StepFailed(Exception):
@@ -276,8 +284,8 @@ _COMMIT_OWNER = text(
 )
 _RUNNING = text("SELECT count(*) FROM pgqueuer WHERE id > :since AND status = 'picked'")
 _JOBS_RUN = text(
-    "SELECT entrypoint, count(*) AS runs FROM pgqueuer_log"
-    " WHERE job_id > :since AND status = 'successful' GROUP BY entrypoint ORDER BY entrypoint"
+    "SELECT entrypoint, count(*) AS runs, max(job_id) AS last_id FROM pgqueuer_log"
+    " WHERE job_id > :since AND status = 'successful' GROUP BY entrypoint ORDER BY min(job_id)"
 )
 
 
@@ -572,7 +580,7 @@ class Flow:
         login = await self.until("commit author", owner)
         return f"{self.sample.sha[:SHORT_SHA]} by {AUTHOR[1]} belongs to {login}"
 
-    async def jobs_run(self) -> dict[str, int]:
+    async def jobs_run(self) -> list[JobRuns]:
         """Successful runs of this run's jobs by name, once none is running (or after a while)."""
 
         async def settled() -> bool | None:
@@ -583,7 +591,7 @@ class Flow:
                 await self.until("settled jobs", settled, watch_jobs=False)
         async with self.services.engine.connect() as conn:
             rows = (await conn.execute(_JOBS_RUN, {"since": self.since})).all()
-        return {str(r.entrypoint): int(r.runs) for r in rows}
+        return [JobRuns(str(r.entrypoint), int(r.runs), int(r.last_id)) for r in rows]
 
 
 def _kib(size: int | None) -> str:
@@ -615,9 +623,12 @@ async def run(
         flow = Flow(services, stores, sample, worker, server, listener, http)
         try:
             ok = await _show(flow, console)
-            if serve and flow.worker_task is not None and not flow.worker_task.done():
+            worker_task = flow.worker_task
+            serving = serve and worker_task is not None and not worker_task.done()
+            await _print_summary(flow, console, links=serving)
+            if serving and worker_task is not None:
                 _print_dashboard(flow, console)
-                await asyncio.wait({flow.worker_task})
+                await asyncio.wait({worker_task})
         finally:
             await _stop(flow)
     return ok
@@ -629,12 +640,19 @@ async def _show(flow: Flow, console: Console) -> bool:
     with Live(board, console=console, refresh_per_second=REFRESH_PER_SECOND):
         ok = await board.run(steps)
     console.print()
+    return ok
+
+
+async def _print_summary(flow: Flow, console: Console, *, links: bool) -> None:
+    """The jobs this run ran, first run first, each with its dashboard page when ``links``."""
     if flow.worker_task is not None:
         runs = await flow.jobs_run()
-        listed = "".join(f"\n  {name} ×{count}" for name, count in runs.items())
-        console.print(f"Jobs run: {sum(runs.values())}{listed}")
+        width = max((len(r.name) for r in runs), default=0)
+        console.print(f"Jobs run: {sum(r.runs for r in runs)}")
+        for r in runs:
+            page = f"  {flow.dashboard_url}/jobs/{r.last_id}" if links else ""
+            console.print(f"  {r.name:<{width}} ×{r.runs}{page}", highlight=False)
     console.print(f"Log: {flow.services.settings.data_dir / LOG_FILE}")
-    return ok
 
 
 def _print_dashboard(flow: Flow, console: Console) -> None:
