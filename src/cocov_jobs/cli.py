@@ -43,6 +43,9 @@ T = TypeVar("T")
 
 #: Exit status for usage errors (unknown job, wrong arguments, bad configuration).
 EXIT_USAGE = 2
+#: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
+#: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
+BURST_HORIZON = 5.0
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -152,7 +155,10 @@ def run(
 def worker(
     concurrency: Annotated[int | None, typer.Option(min=1, help="Parallel jobs.")] = None,
     burst: Annotated[
-        bool, typer.Option("--burst", help="Exit once no job is ready or running.")
+        bool,
+        typer.Option(
+            "--burst", help="Exit once no job is running or due within BURST_HORIZON seconds."
+        ),
     ] = False,
 ) -> None:
     """Run jobs (with Cocov's Sidekiq probe server unless --burst)."""
@@ -161,7 +167,7 @@ def worker(
     async def body(services: Services, found: Stores) -> None:
         if found.embedded:
             await upgrade(services.engine, found.database_url)
-        w = Worker(services, concurrency=concurrency, burst=burst)
+        w = Worker(services, concurrency=concurrency, burst=burst, burst_horizon=BURST_HORIZON)
         w.install_signal_handlers()
         if burst:
             await w.run()

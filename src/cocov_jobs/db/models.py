@@ -56,9 +56,10 @@ own_metadata = OwnBase.metadata
 
 class Timestamps:
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(), nullable=False, default=utc_now)
+    # SQL-expression defaults (not Python callables): evaluated by PostgreSQL at write time.
+    created_at: Mapped[datetime] = mapped_column(DateTime(), nullable=False, default=utc_now())
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(), nullable=False, default=utc_now, onupdate=utc_now
+        DateTime(), nullable=False, default=utc_now(), onupdate=utc_now()
     )
 
 
