@@ -62,17 +62,22 @@ async def upload_repository(session: AsyncSession, request: Request) -> int:
     return repository_id
 
 
-async def service_token(session: AsyncSession, request: Request) -> ServiceCaller:
-    """The service token the request carries (its ``last_used_at`` stamped), else 401."""
-    digest = service_token_digest(credentials(request, BEARER_SCHEME))
+async def use_service_token(session: AsyncSession, token: str) -> ServiceCaller | None:
+    """The service token ``token`` (its ``last_used_at`` stamped), or None if unknown."""
     row = (
         await session.execute(
             update(ServiceToken)
-            .where(ServiceToken.token_hash == digest)
+            .where(ServiceToken.token_hash == service_token_digest(token.strip()))
             .values(last_used_at=utc_now(), updated_at=utc_now())
             .returning(ServiceToken.id, ServiceToken.owner_id)
         )
     ).one_or_none()
-    if row is None:
+    return None if row is None else ServiceCaller(token_id=row.id, owner_id=row.owner_id)
+
+
+async def service_token(session: AsyncSession, request: Request) -> ServiceCaller:
+    """The service token the request carries (its ``last_used_at`` stamped), else 401."""
+    caller = await use_service_token(session, credentials(request, BEARER_SCHEME))
+    if caller is None:
         raise ApiError(401, "auth.invalid_token", "Unknown service token")
-    return ServiceCaller(token_id=row.id, owner_id=row.owner_id)
+    return caller

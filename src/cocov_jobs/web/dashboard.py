@@ -29,7 +29,6 @@ from urllib.parse import urlencode
 
 import structlog
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -38,9 +37,8 @@ from starlette.templating import Jinja2Templates
 
 from cocov_jobs import admin
 from cocov_jobs.config import Settings
-from cocov_jobs.crypto import service_token_digest
-from cocov_jobs.db.models import ServiceToken
 from cocov_jobs.services import Services
+from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.chart import runs_chart
 
 log = structlog.get_logger(__name__)
@@ -84,12 +82,10 @@ def _services(request: Request) -> Services:
 
 
 async def _token_id(services: Services, token: str) -> int | None:
-    """The id of the service token ``token``, if it is one."""
-    digest = service_token_digest(token.strip())
-    async with services.sessions() as session:
-        return await session.scalar(
-            select(ServiceToken.id).where(ServiceToken.token_hash == digest)
-        )
+    """The id of the service token ``token``, if it is one (its use is stamped)."""
+    async with services.sessions.begin() as session:
+        caller = await use_service_token(session, token)
+    return None if caller is None else caller.token_id
 
 
 def _bearer(request: Request) -> str | None:
