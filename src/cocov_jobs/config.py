@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=3600.0, ge=0)
     org_repos_refresh_minutes: int = Field(default=15, ge=0)
     reconcile_minutes: int = Field(default=5, ge=0)
+    prune_minutes: int = Field(default=1440, ge=0)
+    history_retention_days: int = Field(default=14, ge=1)
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 

@@ -21,6 +21,7 @@ from cocov_jobs.config import Settings
 PERIODIC: Final[Mapping[str, str]] = {
     "update_organization_repos": "org_repos_refresh_minutes",
     "reconcile_stuck_work": "reconcile_minutes",
+    "prune_history": "prune_minutes",
 }
 
 _MINUTES_PER_HOUR: Final = 60

@@ -11,6 +11,7 @@ from cocov_jobs.jobs import (  # noqa: F401
     process_commit,
     process_coverage,
     process_webhook,
+    prune_history,
     purge_repository_cache,
     reconcile_stuck_work,
     remove_repository_leftovers,

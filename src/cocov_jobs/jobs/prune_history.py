@@ -1,0 +1,36 @@
+"""``prune_history()`` — keep our bookkeeping tables bounded (periodic, daily by default)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.queue import job
+
+# Webhook deliveries only need to outlive GitHub's redelivery window (a few days).
+_DELIVERIES = text(
+    "DELETE FROM cocov_jobs_webhook_deliveries"
+    " WHERE received_at < now() - make_interval(days => :d)"
+)
+# Finished jobs' log rows, once folded into pgqueuer_statistics; rows of jobs still in the
+# queue (waiting, running or held as failed) are kept for their history.
+_JOB_LOG = text(
+    """
+    DELETE FROM pgqueuer_log l
+    WHERE l.aggregated AND l.created < now() - make_interval(days => :d)
+      AND NOT EXISTS (SELECT 1 FROM pgqueuer q WHERE q.id = l.job_id)
+    """
+)
+
+
+@job(lock="prune-history", dedupe="")
+async def prune_history(ctx: JobContext) -> None:
+    """Delete webhook deliveries and finished jobs' log rows older than the retention.
+
+    ``COCOV_HISTORY_RETENTION_DAYS`` (14) days; runs every ``COCOV_PRUNE_MINUTES`` (1440).
+    """
+    days = ctx.settings.history_retention_days
+    async with ctx.db.begin() as session:
+        deliveries = (await session.execute(_DELIVERIES, {"d": days})).rowcount  # type: ignore[attr-defined]
+        logs = (await session.execute(_JOB_LOG, {"d": days})).rowcount  # type: ignore[attr-defined]
+    ctx.log.info("history pruned", deliveries=deliveries, job_log_rows=logs, days=days)

@@ -1,0 +1,55 @@
+"""``prune_history`` bounds the deliveries and job log tables, keeping what is still useful."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from tests.helpers import drain
+
+from cocov_jobs import queue
+from cocov_jobs.services import Services
+
+
+async def count(services: Services, sql: str) -> int:
+    async with services.engine.connect() as conn:
+        return int(await conn.scalar(text(sql)) or 0)
+
+
+async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        await session.execute(
+            text(
+                "INSERT INTO cocov_jobs_webhook_deliveries (delivery_id, event, received_at)"
+                " VALUES ('old', 'push', now() - interval '30 days'), ('new', 'push', now())"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO pgqueuer (priority, entrypoint, payload, status)"
+                " VALUES (0, 'update_commits_author', '{}', 'failed')"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO pgqueuer_log"
+                " (job_id, status, entrypoint, priority, aggregated, created)"
+                " SELECT id, 'exception'::pgqueuer_status, entrypoint, 0, true,"
+                "        now() - interval '30 days' FROM pgqueuer"
+                " UNION ALL SELECT 999999, 'successful', 'x', 0, true, now() - interval '30 days'"
+                " UNION ALL SELECT 999998, 'successful', 'x', 0, false, now() - interval '30 days'"
+                " UNION ALL SELECT 999997, 'successful', 'x', 0, true, now()"
+            )
+        )
+        await queue.enqueue(session, "prune_history")
+    await drain(services)
+    deliveries = await count(services, "SELECT count(*) FROM cocov_jobs_webhook_deliveries")
+    assert deliveries == 1
+    kept = await count(
+        services, "SELECT count(*) FROM pgqueuer_log WHERE job_id IN (999997, 999998, 999999)"
+    )
+    assert kept == 2  # the recent one and the not yet aggregated one
+    held = await count(
+        services,
+        "SELECT count(*) FROM pgqueuer_log l JOIN pgqueuer q ON q.id = l.job_id"
+        " WHERE q.status = 'failed'",
+    )
+    assert held >= 1  # a failed job keeps its history
