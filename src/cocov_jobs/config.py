@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -165,7 +164,7 @@ class Settings(BaseSettings):
 
     # Derived values -------------------------------------------------------------------------
 
-    @cached_property
+    @property
     def configured_database_url(self) -> str | None:
         """The PostgreSQL URL from ``COCOV_DATABASE_URL`` or the Rails-style parts, else None."""
         if self.database_url:

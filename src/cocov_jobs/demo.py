@@ -121,10 +121,18 @@ def demo_dir(base: Settings, data_dir: Path | None) -> Path:
 
 
 def demo_settings(base: Settings, fake: FakeGitHub, directory: Path) -> Settings:
-    """``base`` pointed at the fake, with ``directory``, local storage and a random key."""
+    """``base`` pointed at the fake, with ``directory``, local storage and a random key.
+
+    The stores are always the embedded ones in ``directory``: the demo never writes into an
+    installation configured by ``COCOV_DATABASE_URL`` / ``COCOV_REDIS_URL``.
+    """
     return base.model_copy(
         update={
             **fake.settings_fields(),
+            "database_url": "",
+            "database_host": "",
+            "redis_url": "",
+            "redis_cache_url": "",
             "data_dir": directory,
             "git_service_storage_mode": "local",
             "git_service_local_storage_path": directory / "storage",
