@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_SHUTDOWN_TIMEOUT = 25.0
 #: Default seconds without a heartbeat after which a picked job is considered abandoned.
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
+#: Default seconds to wait for each read of a GitHub API answer (``COCOV_GITHUB_TIMEOUT``).
+DEFAULT_GITHUB_TIMEOUT = 30.0
 
 
 class SettingsError(Exception):
@@ -51,6 +53,8 @@ class Settings(BaseSettings):
     github_webhook_secret_key: str = ""
     github_api_url: str = "https://api.github.com"
     github_url: str = "https://github.com"
+    #: Read (and write, pool) timeout of GitHub API requests, seconds; connecting has its own.
+    github_timeout: float = Field(default=DEFAULT_GITHUB_TIMEOUT, gt=0)
 
     ui_base_url: str = "http://localhost:4000"
     badges_base_url: str = ""

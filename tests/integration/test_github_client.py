@@ -223,6 +223,22 @@ async def test_timeouts_and_refused_connections_are_transient(
             await github.list_org_repos("acme")
 
 
+async def test_read_timeout_is_the_github_timeout_setting(
+    fake_github: FakeGitHub, settings: Settings, redis: aioredis.Redis
+) -> None:
+    # Issue 7 (GitHub faults): workers must give up on a hung GitHub after COCOV_GITHUB_TIMEOUT
+    # seconds, not a hard-coded 30, for both installation and user clients.
+    short = settings.model_copy(update={"github_timeout": 0.3})
+    fake_github.delay_next("/orgs/acme/repos", 5, times=2)
+    token = fake_github.add_user("timeout-user")
+    for github in (installation_client(short, redis), user_client(short, token)):
+        started = time.monotonic()
+        async with github:
+            with pytest.raises(GitHubUnavailable, match="timed out"):
+                await github.list_org_repos("acme")
+        assert time.monotonic() - started < 3
+
+
 async def test_not_found_is_permanent_with_a_short_reason(client: GitHubClient) -> None:
     with pytest.raises(GitHubError) as caught:
         await client.list_collaborators(5)

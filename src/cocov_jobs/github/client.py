@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from cocov_jobs.config import Settings
 from cocov_jobs.github.auth import InstallationTokenProvider, TokenSource, UserToken
 from cocov_jobs.github.errors import GitHubError, classify, transport_error
-from cocov_jobs.github.http import API_HEADERS, DEFAULT_TIMEOUT
+from cocov_jobs.github.http import API_HEADERS, CONNECT_TIMEOUT, DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -255,18 +255,29 @@ def installation_client(
     redis: aioredis.Redis,
     *,
     provider: InstallationTokenProvider | None = None,
-    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    timeout: httpx.Timeout | None = None,
 ) -> GitHubClient:
-    """A client acting as the App installation (pass the process's shared ``provider``)."""
+    """A client acting as the App installation (pass the process's shared ``provider``);
+    ``timeout`` defaults to :func:`settings_timeout`."""
     auth = provider or InstallationTokenProvider.from_settings(settings, redis)
-    return GitHubClient(settings.github_api_url, auth, timeout=timeout)
+    return GitHubClient(
+        settings.github_api_url, auth, timeout=timeout or settings_timeout(settings)
+    )
 
 
 def user_client(
-    settings: Settings, token: str, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT
+    settings: Settings, token: str, *, timeout: httpx.Timeout | None = None
 ) -> GitHubClient:
-    """A client acting as the user who owns the OAuth ``token``."""
-    return GitHubClient(settings.github_api_url, UserToken(token), timeout=timeout)
+    """A client acting as the user who owns the OAuth ``token``; ``timeout`` defaults to
+    :func:`settings_timeout`."""
+    return GitHubClient(
+        settings.github_api_url, UserToken(token), timeout=timeout or settings_timeout(settings)
+    )
+
+
+def settings_timeout(settings: Settings) -> httpx.Timeout:
+    """``COCOV_GITHUB_TIMEOUT`` seconds per read, write and pool wait; connecting as usual."""
+    return httpx.Timeout(settings.github_timeout, connect=CONNECT_TIMEOUT)
 
 
 def _segment(value: str) -> str:
