@@ -34,14 +34,15 @@ def test_cron_every_refuses_a_non_positive_period() -> None:
 
 
 def test_periodic_jobs_come_from_settings_and_zero_disables() -> None:
-    settings = make_settings(org_repos_refresh_minutes=0, reconcile_minutes=5)
+    settings = make_settings(org_repos_refresh_minutes=0, reconcile_minutes=5, prune_minutes=0)
     assert periodic_schedules(settings) == {"reconcile_stuck_work": "*/5 * * * *"}
     defaults = periodic_schedules(make_settings(github_app_id="1"))
     assert set(defaults) == set(PERIODIC)
 
 
 def test_github_jobs_wait_for_the_app() -> None:
-    assert set(periodic_schedules(make_settings(github_app_id=""))) == {"reconcile_stuck_work"}
+    without_app = periodic_schedules(make_settings(github_app_id=""))
+    assert set(without_app) == set(PERIODIC) - {"update_organization_repos"}
 
 
 def test_every_periodic_job_is_registered_without_arguments() -> None:
