@@ -33,7 +33,13 @@ from typing import Any, Final, Literal
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs.checks_dispatch import PlannedCheck, PlannedMount, dispatch, dispatched_by
+from cocov_jobs.checks_dispatch import (
+    PlannedCheck,
+    PlannedMount,
+    descriptor_waiting,
+    dispatch,
+    dispatched_by,
+)
 from cocov_jobs.clones import CommitRef, read_manifest
 from cocov_jobs.config import Settings
 from cocov_jobs.db.models import CheckSet, CheckSetStatus, CheckStatus, ErrorKind, utc_now
@@ -292,13 +298,18 @@ async def run_checks(services: Services, commit: CommitRef, *, run: int) -> None
     """Run the checks of a cloned commit (module steps 1–4); ``run`` is the job's id.
 
     A run that already handed its descriptor to the Worker (a retry after a later failure)
-    does nothing: resetting the check set now would delete what the Worker reports.
+    does nothing: resetting the check set now would delete what the Worker reports. Nor does a
+    new run while the previous run's descriptor still waits in ``cocov:checks``: the Worker has
+    not started it, and it would run the very same checks of the same commit.
     """
     async with services.sessions() as session:
         check_set_id = await session.scalar(
             select(CheckSet.id).where(CheckSet.commit_id == commit.id)
         )
-    if check_set_id is not None and await dispatched_by(services.redis, check_set_id, run):
+    if check_set_id is not None and (
+        await dispatched_by(services.redis, check_set_id, run)
+        or await descriptor_waiting(services.redis, check_set_id)
+    ):
         return
     try:
         manifest = await read_manifest(services.storage, commit)

@@ -249,12 +249,30 @@ async def test_a_new_run_keeps_the_job_id_and_pushes_again(
     pushed = await push_repository(services, fake_github, {".cocov.yaml": manifest})
     await run_job(services, "process_commit", commit_id=pushed.commit_id)
     first = await check_set(services, pushed)
+    [taken] = await queued_descriptors(redis)
+    await redis.lpop(contracts.CHECKS_QUEUE)  # the Worker took the first run's descriptor
     second_run = await run_job(services, "process_commit", commit_id=pushed.commit_id)
 
     again = await check_set(services, pushed)
     assert first is not None and again is not None
     assert again["job_id"] == first["job_id"]
-    descriptors = await queued_descriptors(redis)
-    assert len(descriptors) == 2 and descriptors[0] == descriptors[1]
+    assert await queued_descriptors(redis) == [taken]
     record = await redis.hgetall(dispatch_record_key(first["id"]))
-    assert record == {b"run": str(second_run).encode(), b"descriptor": descriptors[1]}
+    assert record == {b"run": str(second_run).encode(), b"descriptor": taken}
+
+
+async def test_a_new_run_while_the_descriptor_waits_pushes_nothing(
+    services: Services, fake_github: FakeGitHub, redis: aioredis.Redis
+) -> None:
+    """Issue 7 (idempotency): the Worker would run the very same descriptor twice."""
+    manifest = 'version: "0.1.alpha"\nchecks:\n  - plugin: cocov/rubocop:v1\n'
+    pushed = await push_repository(services, fake_github, {".cocov.yaml": manifest})
+    first_run = await run_job(services, "process_commit", commit_id=pushed.commit_id)
+    first = await check_set(services, pushed)
+    await run_job(services, "process_commit", commit_id=pushed.commit_id)
+
+    assert await check_set(services, pushed) == first
+    [descriptor] = await queued_descriptors(redis)
+    assert first is not None
+    record = await redis.hgetall(dispatch_record_key(first["id"]))
+    assert record == {b"run": str(first_run).encode(), b"descriptor": descriptor}
