@@ -26,6 +26,7 @@ from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.queue import JobArgumentsError, UnknownJobError, resolve
 from cocov_jobs.services import Services, open_services
+from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
 from cocov_jobs.worker import Worker
 
@@ -224,10 +225,20 @@ def db_upgrade() -> None:
 def enqueue(
     job_name: Annotated[str, typer.Argument(metavar="JOB", help="Job name, e.g. process-commit.")],
     args: Annotated[list[str] | None, typer.Argument(metavar="[ARGS]...")] = None,
+    data_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-file",
+            help="process-coverage REPO_ID SHA: the upload (reporter body or bare data map).",
+        ),
+    ] = None,
 ) -> None:
     """Enqueue a job and print its id."""
     try:
         definition = resolve(job_name)
+        if data_file is not None:
+            _enqueue_upload(definition.name, args or [], data_file)
+            return
         values = definition.validate_positional(args or [])
     except UnknownJobError as exc:
         raise _fail(f"{exc}\nusage: cocov-jobs enqueue JOB [ARGS]...") from None
@@ -241,6 +252,30 @@ def enqueue(
 
     job_id = _run_async(settings, body)
     typer.echo(job_id if job_id is not None else "already queued (deduplicated)")
+
+
+def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
+    """``enqueue process-coverage REPO_ID SHA --data-file F`` (see :mod:`cocov_jobs.uploads`)."""
+    usage = "usage: cocov-jobs enqueue process-coverage REPO_ID SHA --data-file FILE"
+    if name != "process_coverage" or len(args) != 2 or not args[0].isdigit():
+        raise _fail(f"--data-file takes a repository id and a commit sha\n{usage}")
+    repository_id, sha = int(args[0]), args[1]
+    settings = _settings()
+
+    async def body(services: Services, found: Stores) -> StoredUpload:
+        async with services.sessions.begin() as session:
+            return await store_upload_from_file(
+                session, services.redis, repository_id=repository_id, sha=sha, path=path
+            )
+
+    try:
+        stored = _run_async(settings, body)
+    except UploadError as exc:
+        raise _fail(f"{exc}\n{usage}") from None
+    if stored.deferred:
+        typer.echo(f"held until commit {sha} is registered (two hours at most)")
+    else:
+        typer.echo(stored.job_id)
 
 
 def _admin(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:

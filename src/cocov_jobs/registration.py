@@ -115,6 +115,14 @@ async def lock_commit(session: AsyncSession, repository_id: int, sha: str) -> No
     await session.execute(_LOCK_COMMIT, {"key": key})
 
 
+@dataclass(frozen=True)
+class QueuedCoverage:
+    """An upload stored for processing and its ``process_coverage`` job."""
+
+    upload_id: int
+    job_id: int | None
+
+
 async def queue_coverage(
     session: AsyncSession,
     *,
@@ -122,10 +130,10 @@ async def queue_coverage(
     commit_id: int,
     sha: str,
     data: dict[str, Any],
-) -> int:
+) -> QueuedCoverage:
     """Store an upload for a known commit, mark its coverage ``queued``, enqueue processing.
 
-    Returns the upload id. Runs in the caller's transaction.
+    Runs in the caller's transaction.
     """
     upload_id = (
         await session.execute(
@@ -139,10 +147,10 @@ async def queue_coverage(
     await session.execute(
         _RESET_COVERAGE, {"commit_id": commit_id, "status": int(CoverageStatus.queued)}
     )
-    await queue.enqueue(
+    job_id = await queue.enqueue(
         session, "process_coverage", repository_id=repository_id, sha=sha, upload_id=upload_id
     )
-    return int(upload_id)
+    return QueuedCoverage(int(upload_id), job_id)
 
 
 async def register_head_commit(
@@ -182,9 +190,10 @@ async def register_head_commit(
     if pending is not None:
         data = _pending_coverage(key, pending)
         if data is not None:
-            registration.coverage_upload_id = await queue_coverage(
+            queued = await queue_coverage(
                 session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
             )
+            registration.coverage_upload_id = queued.upload_id
         registration._claimed.append((key, pending))
     if not processed:
         registration.process_commit_job = await queue.enqueue(

@@ -28,13 +28,6 @@ from cocov_jobs.registration import canonical_coverage, lock_commit, queue_cover
 
 _FIND_REPOSITORY = text("SELECT EXISTS (SELECT 1 FROM repositories WHERE id = :id)")
 _FIND_COMMIT = text("SELECT id FROM commits WHERE repository_id = :repository_id AND sha = :sha")
-_JOB_OF_UPLOAD = text(
-    """
-    SELECT id FROM pgqueuer
-    WHERE entrypoint = 'process_coverage'
-      AND convert_from(payload, 'UTF8')::jsonb ->> 'upload_id' = CAST(:upload_id AS text)
-    """
-)
 
 
 class UploadError(ValueError):
@@ -99,11 +92,10 @@ async def store_upload(
             ex=contracts.DEFERRED_COVERAGE_TTL,
         )
         return StoredUpload(None, None)
-    upload_id = await queue_coverage(
+    queued = await queue_coverage(
         session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
     )
-    job_id = await session.scalar(_JOB_OF_UPLOAD, {"upload_id": upload_id})
-    return StoredUpload(upload_id, int(job_id) if job_id is not None else None)
+    return StoredUpload(queued.upload_id, queued.job_id)
 
 
 async def store_upload_from_file(

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
+import redis.asyncio as aioredis
 from sqlalchemy import text
 
+from cocov_jobs import contracts
 from cocov_jobs.services import Services
 from tests.helpers import insert, jobs
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
+DATA = Path(__file__).parent.parent / "data" / "coverage"
 
 
 async def test_enqueue_then_burst_worker_links_commits(services: Services, cli: Cli) -> None:
@@ -85,3 +89,47 @@ def test_bad_settings_stop_startup_with_one_line_naming_the_variable(cli: Cli) -
         assert result.returncode == 2, name
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0], result.stderr
+
+
+async def test_enqueue_coverage_from_a_reporter_body_file(
+    services: Services, cli: Cli, tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    body = json.loads((DATA / "coverage_data.json").read_text())
+    repo = await insert(
+        services, "repositories", name="api", default_branch="main", token="crt_1", github_id=1
+    )
+    sha = "c" * 40
+    body["commit_sha"] = sha
+    upload = tmp_path / "upload.json"
+    upload.write_text(json.dumps(body))
+    held = cli("enqueue", "process-coverage", str(repo), sha, "--data-file", str(upload))
+    assert held.stdout.startswith(f"held until commit {sha} is registered")
+    assert await redis.get(contracts.deferred_coverage_key(repo, sha)) is not None
+    await insert(
+        services,
+        "commits",
+        repository_id=repo,
+        sha=sha,
+        author_name="A",
+        author_email="a@x",
+        message="m",
+        clone_status=0,
+    )
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(body["data"]))
+    queued = cli("enqueue", "process-coverage", str(repo), sha, "--data-file", str(bare))
+    (row,) = await jobs(services)
+    assert row["id"] == int(queued.stdout) and row["entrypoint"] == "process_coverage"
+    async with services.engine.connect() as conn:
+        stored = await conn.scalar(
+            text("SELECT data FROM cocov_jobs_coverage_uploads WHERE id = :id"),
+            {"id": row["args"]["upload_id"]},
+        )
+    assert stored == body["data"]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({**body, "commit_sha": "d" * 40}))
+    refused = cli(
+        "enqueue", "process-coverage", str(repo), sha, "--data-file", str(wrong), check=False
+    )
+    assert refused.returncode == 2 and "is for commit" in refused.stderr
+    assert len(await jobs(services)) == 1
