@@ -2,8 +2,9 @@
 
 :func:`read_body` answers 413 ``request.too_large`` as soon as the declared ``Content-Length``
 or the bytes received so far exceed the limit, without reading the rest.
-:func:`parse_json_object` answers 400 ``request.invalid_json`` for text that is not JSON and
-400 ``request.not_an_object`` for JSON that is not an object.
+:func:`parse_json_object` answers 400 ``request.invalid_json`` for text that is not JSON or
+nests deeper than the parser's recursion limit, and 400 ``request.not_an_object`` for JSON that
+is not an object.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ApiError(400, "request.invalid_json", f"Body is not valid JSON: {exc}") from None
+    except RecursionError:  # nesting deeper than the parser's recursion limit
+        message = "Body is not valid JSON: nested too deeply"
+        raise ApiError(400, "request.invalid_json", message) from None
     if not isinstance(value, dict):
         raise ApiError(400, "request.not_an_object", "Body must be a JSON object")
     return value
