@@ -83,6 +83,7 @@ __all__ = [
     "summary",
     "until",
     "web_process",
+    "web_server_pid",
     "write_result",
 ]
 
@@ -274,6 +275,20 @@ async def web_process(env: dict[str, str], log: Path | None = None) -> AsyncIter
         yield url
     finally:
         stop_process(process)
+
+
+def web_server_pid(url: str) -> int:
+    """The pid of the :func:`web_process` serving ``url`` (found by its command line)."""
+    argv = ["web", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1]]
+    wanted = "\x00".join(argv).encode() + b"\x00"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if wanted in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+            except OSError:  # ended meanwhile
+                continue
+    raise RuntimeError(f"no web server process for {url}")
 
 
 #: The web app in this process: ``async with serve_app(services) as client`` (an httpx client).

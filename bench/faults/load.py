@@ -59,6 +59,7 @@ from common import (
     summary,
     until,
     web_process,
+    web_server_pid,
 )
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
@@ -102,20 +103,6 @@ def cpu_seconds(pid: int) -> float:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] if ordered else 0.0
-
-
-def web_server_pid(web_url: str) -> int:
-    """The pid of the ``cocov-jobs web … --port <port of web_url>`` process."""
-    argv = ["web", "--host", "127.0.0.1", "--port", web_url.rsplit(":", 1)[1]]
-    wanted = "\x00".join(argv).encode() + b"\x00"
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if wanted in (proc / "cmdline").read_bytes():
-                    return int(proc.name)
-            except OSError:  # ended meanwhile
-                continue
-    raise RuntimeError(f"no web server process for {web_url}")
 
 
 @dataclass
