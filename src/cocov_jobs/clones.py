@@ -26,7 +26,6 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs import queue
-from cocov_jobs.attempts import gives_up
 from cocov_jobs.db.models import CloneStatus, Commit, Repository, utc_now
 from cocov_jobs.errors import Deferred, PermanentError, TransientError
 from cocov_jobs.gitstore import CloneError, CommitStorage
@@ -159,7 +158,7 @@ async def _clone(ctx: JobContext, storage: CommitStorage, commit: CommitRef) -> 
 async def _clone_failed(ctx: JobContext, commit: CommitRef, exc: Exception) -> Exception | None:
     """Record the failure; return the exception to raise instead of ``exc``, if any."""
     permanent = isinstance(exc, CloneError) and not exc.transient
-    if permanent or gives_up(ctx, exc):
+    if permanent or ctx.gives_up(exc):
         await _set_clone_status(ctx, commit.id, CloneStatus.errored)
         ctx.log.warning("commit fetch failed", commit_id=commit.id, error=str(exc))
         return CommitFetchFailed(f"could not fetch commit {commit.sha}: {exc}")

@@ -251,6 +251,7 @@ class Worker:
                 attempts=job.attempts,
                 lock_pool=self._pool,
                 log=bound,
+                policy=self.policy,
             )
             await execute(definition, ctx, args, self.policy)
 

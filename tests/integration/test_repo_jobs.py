@@ -249,6 +249,7 @@ OWNED_ROWS = {
             "cache_artifacts",
             "issue_ignore_rules",
             "cocov_jobs_coverage_uploads",
+            "cocov_jobs_coverage_results",
         )
     },
     "repositories": "SELECT count(*) FROM repositories WHERE id = :r",
@@ -344,6 +345,13 @@ async def populate(services: Services, repo: int, user: int, tag: str) -> None:
                 " VALUES (:r, :s, '{}')"
             ),
             {"r": repo, "s": tag * 40},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO cocov_jobs_coverage_results (upload_id, repository_id, commit_id)"
+                " SELECT max(id), :r, :c FROM cocov_jobs_coverage_uploads WHERE repository_id = :r"
+            ),
+            {"r": repo, "c": head},
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
+from cocov_jobs.queue import RetryPolicy, retry_decision
 from cocov_jobs.services import Services
 
 
@@ -25,6 +26,17 @@ class JobContext:
     #: Pool used for session-level advisory locks (held for the whole job).
     lock_pool: asyncpg.Pool
     log: Any
+    #: The worker's retry policy (what the engine will do after a failure of this run).
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def gives_up(self, exc: BaseException) -> bool:
+        """True when the engine will not run this job again after ``exc``.
+
+        Jobs that leave a visible state behind when they give up (a commit marked ``errored``,
+        coverage marked ``errored``) ask this first, so that failures that will be retried
+        never show up as final ones.
+        """
+        return retry_decision(exc, self.attempts, self.policy) is None
 
     @property
     def settings(self) -> Settings:

@@ -51,6 +51,7 @@ DELETES = tuple(
         "DELETE FROM cache_artifacts WHERE repository_id = :repository_id",
         "DELETE FROM issue_ignore_rules WHERE repository_id = :repository_id",
         "DELETE FROM cocov_jobs_coverage_uploads WHERE repository_id = :repository_id",
+        "DELETE FROM cocov_jobs_coverage_results WHERE repository_id = :repository_id",
         "DELETE FROM repositories WHERE id = :repository_id",
     )
 )

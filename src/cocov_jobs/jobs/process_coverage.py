@@ -26,7 +26,6 @@ from typing import Any, Final
 
 from sqlalchemy import text
 
-from cocov_jobs.attempts import gives_up
 from cocov_jobs.clones import CommitRef, ensure_cloned, find_commit, read_manifest
 from cocov_jobs.coverage import CoverageReport, summarize
 from cocov_jobs.coverage_results import CoverageTarget, record_coverage, set_coverage_status
@@ -71,7 +70,7 @@ async def process_coverage(ctx: JobContext, repository_id: int, sha: str, upload
     try:
         await _process(ctx, commit, upload_id)
     except Exception as exc:
-        if gives_up(ctx, exc):
+        if ctx.gives_up(exc):
             async with ctx.db.begin() as session:
                 await set_coverage_status(session, commit.id, CoverageStatus.errored)
         raise
