@@ -19,7 +19,7 @@ Request: ``Authorization: token <repositories.token>`` and the JSON body
 ====  ==========================  ======================================================
 
 Accepted uploads: when the commit is known, the upload is stored and ``process_coverage``
-enqueued in one transaction (:func:`~cocov_jobs.registration.queue_coverage`); otherwise the
+enqueued in one transaction (:func:`~cocov_jobs.uploads.store_upload`); otherwise the
 canonical JSON of ``data`` is held in Redis under ``commit:coverage:<repo_id>:<sha>`` for
 :data:`~cocov_jobs.contracts.DEFERRED_COVERAGE_TTL` seconds (a newer upload replaces it) until a
 push or ``initialize_repository`` registers the commit and claims it. Both paths hold the
@@ -31,24 +31,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cocov_jobs import contracts
 from cocov_jobs.coverage import CoverageFormatError, decode_payload, validate_path
 from cocov_jobs.gitstore.layout import check_sha
-from cocov_jobs.registration import canonical_coverage, lock_commit, queue_coverage
 from cocov_jobs.services import Services
+from cocov_jobs.uploads import store_upload
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
 from cocov_jobs.web.errors import ApiError
 
 #: Largest accepted upload body.
 MAX_REPORT_BYTES = 64 * MIB
-
-_FIND_COMMIT = text("SELECT id FROM commits WHERE repository_id = :repository_id AND sha = :sha")
 
 
 @dataclass(frozen=True)
@@ -102,23 +98,9 @@ async def post_report(request: Request) -> Response:
         repository_id = await auth.upload_repository(session, request)
     upload = parse_upload(parse_json_object(await read_body(request, MAX_REPORT_BYTES)))
     async with services.sessions.begin() as session:
-        await lock_commit(session, repository_id, upload.sha)
-        params = {"repository_id": repository_id, "sha": upload.sha}
-        commit_id = await session.scalar(_FIND_COMMIT, params)
-        if commit_id is not None:
-            await queue_coverage(
-                session,
-                repository_id=repository_id,
-                commit_id=commit_id,
-                sha=upload.sha,
-                data=upload.data,
-            )
-        else:
-            await services.redis.set(
-                contracts.deferred_coverage_key(repository_id, upload.sha),
-                canonical_coverage(upload.data),
-                ex=contracts.DEFERRED_COVERAGE_TTL,
-            )
+        await store_upload(
+            session, services.redis, repository_id=repository_id, sha=upload.sha, data=upload.data
+        )
     return Response(status_code=204)
 
 
