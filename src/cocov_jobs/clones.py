@@ -127,17 +127,31 @@ async def _is_stored(storage: CommitStorage, commit: CommitRef, status: int) -> 
     )
 
 
+async def _fetch(ctx: JobContext, storage: CommitStorage, commit: CommitRef) -> int:
+    """Clone ``commit``; when git rejects the cached installation token (401), drop it from
+    the cache and try once more with a fresh one, as the API client does."""
+    tokens = ctx.services.installation_tokens
+    token = await tokens.token()
+    for retry in (True, False):
+        try:
+            return await storage.clone_commit(
+                repo_name=commit.repo_name,
+                sha=commit.sha,
+                token=token,
+                org=ctx.settings.github_org_name,
+                github_url=ctx.settings.github_url,
+            )
+        except CloneError as exc:
+            if not (retry and exc.token_rejected and await tokens.invalidate(token)):
+                raise
+            token = await tokens.token()
+    raise AssertionError("unreachable")
+
+
 async def _clone(ctx: JobContext, storage: CommitStorage, commit: CommitRef) -> None:
-    token = await ctx.services.installation_tokens.token()
     await _set_clone_status(ctx, commit.id, CloneStatus.in_progress)
     try:
-        size = await storage.clone_commit(
-            repo_name=commit.repo_name,
-            sha=commit.sha,
-            token=token,
-            org=ctx.settings.github_org_name,
-            github_url=ctx.settings.github_url,
-        )
+        size = await _fetch(ctx, storage, commit)
     except Exception as exc:
         replacement = await _clone_failed(ctx, commit, exc)
         if replacement is None:

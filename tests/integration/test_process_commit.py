@@ -117,6 +117,21 @@ async def test_refused_fetch_marks_the_commit_errored_and_fails_the_job(
     assert await redis.llen(contracts.CHECKS_QUEUE) == 0
 
 
+async def test_a_cached_token_git_rejects_is_replaced_once_and_the_clone_succeeds(
+    services: Services, fake_github: FakeGitHub, redis: aioredis.Redis
+) -> None:
+    pushed = await push_repository(services, fake_github, {".cocov.yaml": ONE_CHECK})
+    stale = await services.installation_tokens.token()  # cached in Redis, valid for an hour
+    fake_github.expire_all_tokens()  # ...but GitHub no longer accepts it
+    minted = fake_github.tokens_minted
+    await run_job(services, "process_commit", commit_id=pushed.commit_id)
+
+    state = await commit_state(services, pushed)
+    assert state["clone_status"] == CloneStatus.completed
+    assert fake_github.tokens_minted == minted + 1
+    assert await services.installation_tokens.token() != stale
+
+
 async def test_transient_fetch_failure_is_retried_without_marking_anything(
     services: Services, fake_github: FakeGitHub
 ) -> None:

@@ -43,6 +43,13 @@ PERMANENT_FAILURE_MARKERS = (
     "unadvertised object",
 )
 
+#: Fragments meaning the server did not accept the token (expired or revoked): HTTP 401.
+TOKEN_REJECTED_MARKERS = (
+    "returned error: 401",
+    "authentication failed",
+    "could not read username",
+)
+
 _HEADER_RE = re.compile(r"(?i)(authorization:[ \t]*)[^\r\n]*")
 _URL_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
@@ -58,6 +65,12 @@ class CloneError(Exception):
     def __init__(self, message: str, transient: bool) -> None:
         super().__init__(message)
         self.transient = transient
+
+    @property
+    def token_rejected(self) -> bool:
+        """True when git was answered 401: a fresh token may succeed."""
+        lowered = str(self).lower()
+        return any(marker in lowered for marker in TOKEN_REJECTED_MARKERS)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
