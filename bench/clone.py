@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine as common_machine
 
 from cocov_jobs.gitstore import LocalStorage
 from cocov_jobs.gitstore.clone import git_auth_env
@@ -45,24 +44,12 @@ REPO = "big"
 
 
 def machine() -> dict[str, object]:
-    """CPUs usable (what ``nproc`` prints), current load, CPU model, tool versions."""
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
+    """:func:`bench.machine.machine` plus the versions of the tools a clone runs."""
+    return common_machine(
+        git=_version("git", "--version"),
+        zstd=_version("zstd", "--version"),
+        tar=_version("tar", "--version"),
     )
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "load_average_1min": os.getloadavg()[0],
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        "git": _version("git", "--version"),
-        "zstd": _version("zstd", "--version"),
-        "tar": _version("tar", "--version"),
-    }
 
 
 def _filesystem(path: Path) -> str:

@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import json
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -56,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+from machine import machine
 
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import asyncpg_dsn, create_engine
@@ -290,24 +290,6 @@ def client_cpu_seconds() -> float:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-        # Other work on the machine skews the figures: note how busy it was at the start.
-        "load_average_1m_at_start": os.getloadavg()[0],
-    }
 
 
 async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> dict[str, Any]:

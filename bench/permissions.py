@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,6 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+from machine import machine
 from sqlalchemy import event, text
 
 from cocov_jobs import queue
@@ -333,22 +333,6 @@ async def bench_user(
 
 
 # Report -----------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model,
-        "python": sys.version.split()[0],
-    }
 
 
 def report(runs: list[Run]) -> dict[str, list[int]]:
