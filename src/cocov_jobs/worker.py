@@ -58,6 +58,9 @@ log = structlog.get_logger(__name__)
 WORKER_HEARTBEAT_INTERVAL = 5.0
 #: Seconds between two checks of the queue in ``--burst`` mode.
 BURST_POLL_INTERVAL = 0.1
+#: Seconds before PgQueuer's loop is started again after it failed (doubling up to the max).
+RECONNECT_DELAY = 0.5
+RECONNECT_MAX_DELAY = 10.0
 
 _REQUEUE_NOT_COUNTED = """
 WITH retry AS (
@@ -159,22 +162,11 @@ class Worker:
             server_settings={"application_name": "cocov-jobs-worker", "timezone": "UTC"},
         )
         self._pool = pool
-        qm = QueueManager(_Queries(AsyncpgPoolDriver(pool)))
-        self._qm = qm
+        qm = self._queue_manager()
         self.id = str(qm.queue_manager_id)  # running jobs name their worker by this id
-        for name in REGISTRY:
-            qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
         await self._register()
         log.info("worker started", worker_id=self.id, concurrency=self.concurrency)
-        batch_size = max(1, self.concurrency // 2)
-        qm_task = asyncio.create_task(
-            qm.run(
-                batch_size=batch_size,
-                max_concurrent_tasks=max(self.concurrency, 2 * batch_size),
-                heartbeat_timeout=self.heartbeat_timeout,
-                dequeue_timeout=timedelta(seconds=1),
-            )
-        )
+        qm_task = asyncio.create_task(self._run_queue(qm))
         helpers = [asyncio.create_task(self._heartbeat())]
         if self.burst:
             helpers.append(asyncio.create_task(self._watch_burst()))
@@ -182,7 +174,7 @@ class Worker:
             helpers.append(asyncio.create_task(self._schedule()))
         try:
             await self._stop.wait()
-            qm.shutdown.set()
+            self.stop()  # the queue manager may have been replaced since stop() was called
             await self._drain(qm_task)
         finally:
             for task in helpers:
@@ -195,6 +187,44 @@ class Worker:
             await self._unregister()
             await pool.close()
             log.info("worker stopped", worker_id=self.id)
+
+    def _queue_manager(self, queue_manager_id: Any = None) -> QueueManager:
+        """A PgQueuer queue manager on our pool with every job registered (keeping ``id``)."""
+        assert self._pool is not None
+        qm = QueueManager(_Queries(AsyncpgPoolDriver(self._pool)))
+        if queue_manager_id is not None:
+            qm.queue_manager_id = queue_manager_id
+        for name in REGISTRY:
+            qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
+        self._qm = qm
+        return qm
+
+    async def _run_queue(self, qm: QueueManager) -> None:
+        """Run PgQueuer's loop; when it fails (PostgreSQL restarted or unreachable), start a new
+        one after a growing delay, until the worker is stopped or quieted.
+
+        Jobs the failed loop held are picked again once their heartbeat is stale.
+        """
+        batch_size = max(1, self.concurrency // 2)
+        delay = RECONNECT_DELAY
+        while True:
+            try:
+                await qm.run(
+                    batch_size=batch_size,
+                    max_concurrent_tasks=max(self.concurrency, 2 * batch_size),
+                    heartbeat_timeout=self.heartbeat_timeout,
+                    dequeue_timeout=timedelta(seconds=1),
+                )
+                return
+            except Exception as exc:
+                if self._stop.is_set() or self._quiet:
+                    raise
+                log.warning("job queue loop failed; reconnecting", error=repr(exc), delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            if self._stop.is_set() or self._quiet:
+                return
+            qm = self._queue_manager(qm.queue_manager_id)
 
     async def _drain(self, qm_task: asyncio.Task[None]) -> None:
         """Wait for running jobs; after the timeout, interrupt and re-queue them."""
