@@ -58,23 +58,10 @@ log = structlog.get_logger(__name__)
 WORKER_HEARTBEAT_INTERVAL = 5.0
 #: Seconds between two checks of the queue in ``--burst`` mode.
 BURST_POLL_INTERVAL = 0.1
-#: Seconds before PgQueuer's loop is started again after it failed (doubling up to the max).
+#: Seconds before reconnecting after PgQueuer's loop failed (doubling, up to the max, while
+#: PostgreSQL refuses connections).
 RECONNECT_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
-#: Session settings of the worker's own pool: PgQueuer's bookkeeping (pick, heartbeat, finish,
-#: retry, schedules), this worker's row, dedupe-key release and the jobs' advisory locks. Job
-#: data never goes through it (jobs write through ``services.sessions``, enqueues included).
-#: ``synchronous_commit = off``: these commits do not wait for the WAL flush (measured on the
-#: 2-core bench machine: 1.1-2x the no-op drain rate, more under load; bench/README.md). Only a
-#: PostgreSQL crash can lose them, and only the last ~0.6 s (3 x ``wal_writer_delay``) not yet
-#: covered by a later synchronous commit; a lost pick or finish puts the job back (queued, or
-#: picked with a stale heartbeat), so it runs again: the at-least-once contract jobs already
-#: have for a killed worker.
-WORKER_POOL_SETTINGS = {
-    "application_name": "cocov-jobs-worker",
-    "timezone": "UTC",
-    "synchronous_commit": "off",
-}
 
 _REQUEUE_NOT_COUNTED = """
 WITH retry AS (
@@ -169,13 +156,7 @@ class Worker:
 
     async def run(self) -> None:
         known_job_names()  # import and register every job
-        pool = await asyncpg.create_pool(
-            asyncpg_dsn(self.services.database_url),
-            min_size=2,
-            max_size=self.concurrency * 2 + 4,
-            server_settings=WORKER_POOL_SETTINGS,
-        )
-        self._pool = pool
+        self._pool = await self._create_pool()
         qm = self._queue_manager()
         self.id = str(qm.queue_manager_id)  # running jobs name their worker by this id
         await self._register()
@@ -199,28 +180,36 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await qm_task
             await self._unregister()
-            await pool.close()
+            await self._pool.close()
             log.info("worker stopped", worker_id=self.id)
 
-    def _queue_manager(self, queue_manager_id: Any = None) -> QueueManager:
-        """A PgQueuer queue manager on our pool with every job registered (keeping ``id``)."""
+    async def _create_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            asyncpg_dsn(self.services.database_url),
+            min_size=2,
+            max_size=self.concurrency * 2 + 4,
+            server_settings={"application_name": "cocov-jobs-worker", "timezone": "UTC"},
+        )
+
+    def _queue_manager(self) -> QueueManager:
+        """A PgQueuer queue manager on our pool with every job registered."""
         assert self._pool is not None
         qm = QueueManager(_Queries(AsyncpgPoolDriver(self._pool)))
-        if queue_manager_id is not None:
-            qm.queue_manager_id = queue_manager_id
         for name in REGISTRY:
             qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
         self._qm = qm
         return qm
 
     async def _run_queue(self, qm: QueueManager) -> None:
-        """Run PgQueuer's loop; when it fails (PostgreSQL restarted or unreachable), start a new
-        one after a growing delay, until the worker is stopped or quieted.
+        """Run PgQueuer's loop; when it fails (PostgreSQL restarted or unreachable), replace the
+        pool and start a new loop, until the worker is stopped or quieted.
 
-        Jobs the failed loop held are picked again once their heartbeat is stale.
+        The old pool is terminated: after a server restart its connections are dead, and a
+        failed loop can leave some of them acquired for good (its listener connection), which
+        would starve the new loop. Jobs the failed loop held are picked again (by any worker)
+        once their heartbeat is stale.
         """
         batch_size = max(1, self.concurrency // 2)
-        delay = RECONNECT_DELAY
         while True:
             try:
                 await qm.run(
@@ -233,12 +222,31 @@ class Worker:
             except Exception as exc:
                 if self._stop.is_set() or self._quiet:
                     raise
-                log.warning("job queue loop failed; reconnecting", error=repr(exc), delay=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_DELAY)
-            if self._stop.is_set() or self._quiet:
+                log.warning("job queue loop failed; reconnecting", error=repr(exc))
+            if not await self._renew_pool():
                 return
-            qm = self._queue_manager(qm.queue_manager_id)
+            # A new id: PgQueuer counts the jobs still marked picked by the old one against
+            # this worker's capacity, which would block every dequeue.
+            qm = self._queue_manager()
+            await self._rename(str(qm.queue_manager_id))
+
+    async def _renew_pool(self) -> bool:
+        """Open a new pool (retrying with backoff) and terminate the old one; False if stopped."""
+        delay = RECONNECT_DELAY
+        while True:
+            await asyncio.sleep(delay)
+            if self._stop.is_set() or self._quiet:
+                return False
+            try:
+                fresh = await self._create_pool()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("reconnecting to PostgreSQL failed", error=repr(exc), delay=delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            old, self._pool = self._pool, fresh
+            if old is not None:
+                old.terminate()
+            return True
 
     async def _drain(self, qm_task: asyncio.Task[None]) -> None:
         """Wait for running jobs; after the timeout, interrupt and re-queue them."""
@@ -313,6 +321,17 @@ class Worker:
             _rss_bytes(),
         )
 
+    async def _rename(self, new_id: str) -> None:
+        """Give this worker's row the id of its new queue manager (jobs name it by that id)."""
+        assert self._pool is not None
+        try:
+            await self._pool.execute(
+                "UPDATE cocov_jobs_workers SET id = $2 WHERE id = $1", self.id, new_id
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("worker row not renamed", error=repr(exc))
+        self.id = new_id
+
     async def _unregister(self) -> None:
         assert self._pool is not None
         with contextlib.suppress(Exception):
@@ -344,13 +363,18 @@ class Worker:
         schedules = periodic_schedules(self.services.settings)
         if not schedules:
             return
-        manager = SchedulerManager(Queries(AsyncpgPoolDriver(self._pool)))
-        for name, expression in schedules.items():
-            manager.schedule(name, expression, clean_old=True)(self._enqueue_periodic)
-        try:
-            await manager.run()
-        finally:
-            manager.shutdown.set()
+        while True:  # on a new pool after PostgreSQL went away (see _run_queue)
+            manager = SchedulerManager(Queries(AsyncpgPoolDriver(self._pool)))
+            for name, expression in schedules.items():
+                manager.schedule(name, expression, clean_old=True)(self._enqueue_periodic)
+            try:
+                await manager.run()
+                return
+            except Exception as exc:
+                log.warning("scheduler failed; restarting", error=repr(exc))
+            finally:
+                manager.shutdown.set()
+            await asyncio.sleep(RECONNECT_DELAY)
 
     async def _enqueue_periodic(self, schedule: Any) -> None:
         async with self.services.sessions.begin() as session:

@@ -1,11 +1,16 @@
-"""A worker whose PostgreSQL connections are cut (a restart of the server) keeps running jobs
-without a restart of its own (issue 7, scenario 2; ``bench/faults/pg_restart.py``)."""
+"""A worker whose PostgreSQL connections are cut, or whose queue loop fails (a restart of the
+server), keeps running jobs without a restart of its own (issue 7, scenario 2;
+``bench/faults/pg_restart.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import asyncpg
+import pytest
+from pgqueuer.qm import QueueManager
 from sqlalchemy import text
 from tests.helpers import job_log
 
@@ -15,6 +20,8 @@ from cocov_jobs.worker import Worker
 
 #: Upper bound for the worker to reach a state.
 WAIT = 60.0
+#: Times the connections are cut (each failed loop must not leave the next one starved).
+CUTS = 3
 
 
 async def until(condition: Callable[[], Awaitable[bool]]) -> None:
@@ -52,7 +59,55 @@ async def test_worker_runs_jobs_after_its_connections_are_cut(services: Services
             )
 
         await until(listening)  # the queue manager reached its dequeue loop
-        assert await cut_worker_connections(services) > 0
+        for user_id in range(1, CUTS + 1):
+            assert await cut_worker_connections(services) > 0
+            async with services.sessions.begin() as session:
+                job_id = await queue.enqueue(session, "update_commits_author", user_id=user_id)
+            assert job_id is not None
+
+            async def succeeded(job_id: int = job_id) -> bool:
+                log = await job_log(services, job_id)
+                return any(row["status"] == "successful" for row in log)
+
+            await until(succeeded)
+        assert not running.done()
+    finally:
+        worker.stop()
+        await running
+
+
+async def test_worker_starts_a_new_queue_loop_when_one_fails(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PgQueuer's loop raises when PostgreSQL goes away under load (a dequeue on a dead
+    connection), leaving the jobs it held marked picked; the worker must not idle on with jobs
+    queued, as it did, nor count those jobs against the capacity of its new loop."""
+    run = QueueManager.run
+    failures: list[QueueManager] = []
+    async with services.sessions.begin() as session:
+        held = [
+            await queue.enqueue(session, "update_commits_author", user_id=user_id)
+            for user_id in (100, 101)  # as many as the worker's slots
+        ]
+
+    async def fail_once(self: QueueManager, *args: Any, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(self)
+            async with services.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "UPDATE pgqueuer SET status = 'picked', queue_manager_id = :qm,"
+                        " heartbeat = now() WHERE id = ANY(:ids)"
+                    ),
+                    {"qm": self.queue_manager_id, "ids": held},
+                )
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+        await run(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueueManager, "run", fail_once)
+    worker = Worker(services, concurrency=2)
+    running = asyncio.create_task(worker.run())
+    try:
         async with services.sessions.begin() as session:
             job_id = await queue.enqueue(session, "update_commits_author", user_id=1)
         assert job_id is not None
@@ -61,7 +116,7 @@ async def test_worker_runs_jobs_after_its_connections_are_cut(services: Services
             return any(row["status"] == "successful" for row in await job_log(services, job_id))
 
         await until(succeeded)
-        assert not running.done()
+        assert failures and not running.done()
     finally:
         worker.stop()
         await running
