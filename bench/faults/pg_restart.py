@@ -72,8 +72,9 @@ REQUEST_TIMEOUT = 30.0
 #: GitHub ids of the seeded users (``update_commits_author`` targets).
 USER_GITHUB_ID_BASE = 900_000
 
-#: Error lines of each process shown when the scenario fails.
+#: Error lines of each process shown when the scenario fails (cut to this many characters).
 LOG_LINES = 15
+LOG_LINE_CHARS = 600
 
 _UNFINISHED = "SELECT count(*) FROM pgqueuer WHERE status IN ('queued', 'picked')"
 
@@ -297,7 +298,7 @@ def _show_logs(logs: Path) -> None:
     """The last error lines of each process's log, on stderr, to diagnose a failure."""
     for path in sorted(logs.iterdir()):
         lines = path.read_text(errors="replace").splitlines()
-        tail = [line for line in lines if '"error"' in line or "Traceback" in line][-LOG_LINES:]
+        tail = [line[:LOG_LINE_CHARS] for line in lines if '"level": "error"' in line][-LOG_LINES:]
         print(f"--- {path.name}", *tail, sep="\n", file=sys.stderr)
 
 

@@ -86,14 +86,25 @@ class _Queries(Queries):
     """PgQueuer's queries, with re-queues that do not use up an attempt."""
 
     async def retry_job(self, job: Job, delay: timedelta, traceback_record: Any) -> None:
-        if traceback_record is not None and traceback_record.exception_type == (
-            RetryNotCounted.__name__
-        ):
-            await self.driver.execute(
-                _REQUEUE_NOT_COUNTED, job.id, delay, traceback_record.model_dump_json()
+        """Re-queue ``job``; when PostgreSQL cannot be reached, leave it picked.
+
+        PgQueuer holds a job as failed when this raises, which would end a job that only
+        needed a retry. Left picked, its heartbeat goes stale and any worker picks it again
+        (at least once, as for a killed worker).
+        """
+        try:
+            if traceback_record is not None and traceback_record.exception_type == (
+                RetryNotCounted.__name__
+            ):
+                await self.driver.execute(
+                    _REQUEUE_NOT_COUNTED, job.id, delay, traceback_record.model_dump_json()
+                )
+            else:
+                await super().retry_job(job, delay, traceback_record)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "retry not recorded; the job will be picked again", job_id=job.id, error=repr(exc)
             )
-        else:
-            await super().retry_job(job, delay, traceback_record)
 
 
 class Worker:

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from pgqueuer.db import AsyncpgPoolDriver
+from pgqueuer.models import Job, TracebackRecord
 from pgqueuer.qm import QueueManager
 from sqlalchemy import text
 from tests.helpers import job_log
 
 from cocov_jobs import queue
+from cocov_jobs.db.session import asyncpg_dsn
+from cocov_jobs.queue import RetryNotCounted
 from cocov_jobs.services import Services
-from cocov_jobs.worker import Worker
+from cocov_jobs.worker import Worker, _Queries
 
 #: Upper bound for the worker to reach a state.
 WAIT = 60.0
@@ -120,3 +125,28 @@ async def test_worker_starts_a_new_queue_loop_when_one_fails(
     finally:
         worker.stop()
         await running
+
+
+async def test_a_retry_that_cannot_be_recorded_leaves_the_job_to_be_picked_again(
+    services: Services,
+) -> None:
+    """A job attempt that ends while PostgreSQL restarts: PgQueuer marks the job failed (held)
+    when re-queueing it raises; it must stay picked instead, so its stale heartbeat gets it
+    picked again, as for a killed worker."""
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "update_commits_author", user_id=1)
+    assert job_id is not None
+    conn = await asyncpg.connect(asyncpg_dsn(services.database_url))
+    try:
+        row = await conn.fetchrow("SELECT * FROM pgqueuer WHERE id = $1", job_id)
+    finally:
+        await conn.close()
+    job = Job.model_validate(dict(row))
+    gone = await asyncpg.create_pool(asyncpg_dsn(services.database_url), min_size=0)
+    await gone.close()  # every statement now fails, as while the server restarts
+    queries = _Queries(AsyncpgPoolDriver(gone))
+    for reason in (RetryNotCounted, RuntimeError):
+        record = TracebackRecord.from_exception(
+            exc=reason("later"), job_id=job.id, additional_context={}
+        )
+        await queries.retry_job(job, timedelta(seconds=1), record)

@@ -11,6 +11,7 @@ Every error answer has the body ``{"code": "<dotted.path>", "message": "<text>"}
 
 from __future__ import annotations
 
+import asyncpg
 import redis.exceptions
 import sqlalchemy.exc
 from starlette.requests import Request
@@ -36,11 +37,25 @@ def error_response(
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
+#: asyncpg errors that mean the server went away or refuses connections for now (SQLSTATE
+#: class 08, 57P01-57P03), or that a dropped connection left the client protocol mid-operation.
+#: SQLAlchemy's asyncpg dialect wraps most of them as a plain ``DBAPIError``.
+_ASYNCPG_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 def store_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means PostgreSQL or Redis could not be reached or dropped the connection."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(
-            exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError
+        return (
+            exc.connection_invalidated
+            or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+            or isinstance(getattr(exc.orig, "__cause__", None), _ASYNCPG_UNAVAILABLE)
         )
     return isinstance(
         exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError

@@ -1,0 +1,60 @@
+"""Which errors mean "a store is unavailable" (503, nothing recorded) rather than a bug (500).
+
+Issue 7, scenario 2 (``bench/faults/pg_restart.py``): during ``pg_ctl restart -m fast`` the web
+app answered 500 to deliveries that failed with "the database system is shutting down" and
+similar errors, which SQLAlchemy's asyncpg dialect wraps as a plain ``DBAPIError``.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+import sqlalchemy.exc
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
+
+from cocov_jobs.web.errors import store_unavailable
+
+DBAPI = AsyncAdapt_asyncpg_dbapi(asyncpg)
+
+
+def as_sqlalchemy_raises(error: Exception) -> sqlalchemy.exc.DBAPIError:
+    """``error`` translated as the asyncpg dialect does, then wrapped as SQLAlchemy does."""
+    translate = DBAPI._asyncpg_error_translate
+    adapted_class = next(
+        (translate[cls] for cls in type(error).__mro__ if cls in translate),
+        getattr(DBAPI, type(error).__name__, DBAPI.Error),
+    )
+    try:
+        raise adapted_class(str(error), error) from error
+    except Exception as adapted:
+        return sqlalchemy.exc.DBAPIError.instance("SELECT 1", {}, adapted, DBAPI.Error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        ),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_server_going_away_is_unavailable(error: Exception) -> None:
+    assert store_unavailable(as_sqlalchemy_raises(error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.UniqueViolationError("duplicate key"),
+        asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.exceptions.UndefinedColumnError("column x does not exist"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_data_and_query_errors_are_not_unavailable(error: Exception) -> None:
+    assert not store_unavailable(as_sqlalchemy_raises(error))
