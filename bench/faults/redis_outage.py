@@ -49,7 +49,8 @@ from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.services import open_services
 from cocov_jobs.testing import FakeGitHub
 
-#: Database-only jobs enqueued while Redis is down (half of each kind).
+#: Database-only jobs enqueued while Redis is down (one size job per repository, the rest
+#: author links).
 DB_JOBS = 100
 #: Repositories: one ``request_cache_eviction`` and one ``process_commit`` each.
 REPOSITORIES = 10
@@ -57,7 +58,7 @@ REDIS_JOBS = 2 * REPOSITORIES
 #: ``COCOV_REPOSITORY_CACHE_MAX_SIZE``; every repository holds 3 × 60 bytes.
 CACHE_QUOTA = 100
 #: Each Redis job must have failed at least this many times before Redis comes back.
-MIN_RETRIES_PER_JOB = 2
+MIN_RETRIES_PER_JOB = 4
 #: Seconds between two readiness polls.
 PROBE_INTERVAL = 0.2
 #: Upper bound for each phase (outage work, recovery).
@@ -94,11 +95,12 @@ async def poll_readiness(base_url: str, probe: Probe) -> None:
 
 
 async def seed(conn: asyncpg.Connection, fake: FakeGitHub) -> tuple[list[int], list[int]]:
-    """Repositories (artifacts over quota, one commit each) and users; return their ids."""
+    """Repositories (artifacts over quota, one commit each) and users; return the ids of the
+    repositories and of their commits."""
     repos, commits = [], []
     for r in range(REPOSITORIES):
         name = f"svc-{r}"
-        fake.add_repo(name, files={".cocov.yaml": MANIFEST, "a.rb": "1\n"})
+        fake.add_repo(name, files={".cocov.yaml": MANIFEST, "a.rb": f"{r}\n"})
         repo_id = int(
             await conn.fetchval(
                 "INSERT INTO repositories (name, default_branch, token, github_id, cache_size,"
@@ -133,7 +135,7 @@ async def seed(conn: asyncpg.Connection, fake: FakeGitHub) -> tuple[list[int], l
         "INSERT INTO users (login, github_id, github_token, admin, created_at, updated_at)"
         " SELECT 'u' || g, 700000 + g, 't', false, now(), now()"
         " FROM generate_series(1, $1::int) AS g",
-        DB_JOBS // 2,
+        DB_JOBS - REPOSITORIES,
     )
     return repos, commits
 
@@ -253,7 +255,7 @@ async def main() -> int:
             finally:
                 await client.aclose()
     evictions = Counter(t["repository"] for t in tasks if t["task"] == "evict-artifact")
-    pushed = Counter(d["sha"] for d in descriptors)
+    pushed = Counter((d["repo"], d["sha"]) for d in descriptors)
     ready_while_down = sum(n for status, n in probe.while_down.items() if status != 503)
     wrong_effects = (
         sum(abs(n - 1) for n in evictions.values())
