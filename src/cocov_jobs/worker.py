@@ -62,6 +62,20 @@ BURST_POLL_INTERVAL = 0.1
 #: PostgreSQL refuses connections).
 RECONNECT_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
+#: Session settings of the worker's own pool: PgQueuer's bookkeeping (pick, heartbeat, finish,
+#: retry, schedules), this worker's row, dedupe-key release and the jobs' advisory locks. Job
+#: data never goes through it (jobs write through ``services.sessions``, enqueues included).
+#: ``synchronous_commit = off``: these commits do not wait for the WAL flush (measured on the
+#: 2-core bench machine: 1.1-2x the no-op drain rate, more under load; bench/README.md). Only a
+#: PostgreSQL crash can lose them, and only the last ~0.6 s (3 x ``wal_writer_delay``) not yet
+#: covered by a later synchronous commit; a lost pick or finish puts the job back (queued, or
+#: picked with a stale heartbeat), so it runs again: the at-least-once contract jobs already
+#: have for a killed worker.
+WORKER_POOL_SETTINGS = {
+    "application_name": "cocov-jobs-worker",
+    "timezone": "UTC",
+    "synchronous_commit": "off",
+}
 
 _REQUEUE_NOT_COUNTED = """
 WITH retry AS (
@@ -199,7 +213,7 @@ class Worker:
             asyncpg_dsn(self.services.database_url),
             min_size=2,
             max_size=self.concurrency * 2 + 4,
-            server_settings={"application_name": "cocov-jobs-worker", "timezone": "UTC"},
+            server_settings=WORKER_POOL_SETTINGS,
         )
 
     def _queue_manager(self) -> QueueManager:
