@@ -150,6 +150,8 @@ class Worker:
         self._quiet = False
         self._interrupting = False
         self._running: dict[int, asyncio.Task[None]] = {}
+        # PgQueuer may hand over up to 2 × batch jobs; at most ``concurrency`` of them run.
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._pool: asyncpg.Pool | None = None
         self._qm: QueueManager | None = None
 
@@ -302,6 +304,10 @@ class Worker:
             self._running.pop(job.id, None)
 
     async def _execute(self, job: Job) -> None:
+        async with self._slots:
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
         assert self._pool is not None
         definition = REGISTRY[job.entrypoint]
         if definition.dedupe is not None:

@@ -148,3 +148,23 @@ def test_arguments_are_validated() -> None:
         definition.validate_positional(["x"])
     with pytest.raises(queue.JobArgumentsError):
         definition.validate_positional([])
+
+
+RUNNING: list[int] = []
+PEAK: list[int] = []
+
+
+@queue.job()
+async def _test_overlap(ctx: JobContext, key: str) -> None:
+    RUNNING.append(1)
+    PEAK.append(len(RUNNING))
+    await asyncio.sleep(0.1)
+    RUNNING.pop()
+
+
+async def test_concurrency_one_runs_one_job_at_a_time(services: Services) -> None:
+    async with services.sessions.begin() as session:
+        for key in "abcd":
+            await queue.enqueue(session, "_test_overlap", key=key)
+    await drain(services, concurrency=1)
+    assert len(PEAK) == 4 and max(PEAK) == 1
