@@ -51,7 +51,7 @@ from sqlalchemy import text
 from cocov_jobs import contracts, queue
 from cocov_jobs.config import Settings
 from cocov_jobs.coverage import NEUTRAL, Line, encode_lines, summarize
-from cocov_jobs.coverage_results import COVERAGE_FILE_COLUMNS
+from cocov_jobs.coverage_results import COVERAGE_FILE_COLUMNS, file_records
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
 from cocov_jobs.gitstore import LocalStorage
@@ -226,21 +226,7 @@ def coverage_contenders(
 
     async def baseline() -> float:
         info_id = await scalar(services, info, c=commit_id)
-        now = datetime.now(UTC).replace(tzinfo=None)
-        records = [
-            (
-                info_id,
-                f.file,
-                f.percent_covered,
-                f.raw_data,
-                f.lines_missed,
-                f.lines_covered,
-                f.lines_total,
-                now,
-                now,
-            )
-            for f in report.files
-        ]
+        records = file_records(info_id, report)
         async with pool.acquire() as conn:
             started = time.perf_counter()
             async with conn.transaction():
@@ -248,7 +234,7 @@ def coverage_contenders(
                     "coverage_files", records=records, columns=COVERAGE_FILE_COLUMNS
                 )
             seconds = time.perf_counter() - started
-            await conn.execute("DELETE FROM coverage_files WHERE created_at = $1", now)
+            await conn.execute("DELETE FROM coverage_files WHERE created_at = $1", records[0][-1])
         return seconds
 
     return {"process_coverage": ours, "copy": baseline}

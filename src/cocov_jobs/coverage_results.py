@@ -145,10 +145,10 @@ async def record_coverage(
     return True
 
 
-async def _copy_files(session: AsyncSession, info_id: int, report: CoverageReport) -> None:
-    """``COPY`` the report's files on the session's own connection (inside its transaction)."""
+def file_records(info_id: int, report: CoverageReport) -> list[tuple[object, ...]]:
+    """The ``coverage_files`` rows of ``report``, in :data:`COVERAGE_FILE_COLUMNS` order."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    records = [
+    return [
         (
             info_id,
             f.file,
@@ -162,6 +162,11 @@ async def _copy_files(session: AsyncSession, info_id: int, report: CoverageRepor
         )
         for f in report.files
     ]
+
+
+async def _copy_files(session: AsyncSession, info_id: int, report: CoverageReport) -> None:
+    """``COPY`` the report's files on the session's own connection (inside its transaction)."""
+    records = file_records(info_id, report)
     if not records:
         return
     raw = await (await session.connection()).get_raw_connection()
