@@ -35,7 +35,7 @@ for entry in "${scenarios[@]}"; do
   line=$(grep '^SCENARIO ' "$LOG_DIR/$name.log" | tail -1 | cut -d' ' -f2-)
   [ -n "$line" ] || line="$name trials=0 failures=1 error=no-summary-line(exit=$code)"
   [ "$code" -eq 0 ] || status=1
-  summary+=("$line seconds=$(( $(date +%s) - begin ))")
+  summary+=("$line wall_s=$(( $(date +%s) - begin ))")
   echo "${summary[-1]}"
 done
 echo "all scenarios: $(( $(date +%s) - started )) s, $([ $status -eq 0 ] && echo 'no failures' || echo 'FAILURES (see logs in '"$LOG_DIR"')')"
