@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from tests.helpers import drain, insert, jobs
+from tests.helpers import drain, insert, job_log, jobs
 from tests.integration.test_web_server import (
     DATA,
     closed_port,
@@ -413,6 +413,24 @@ async def test_repository_renamed_sets_the_name_and_moves_stored_clones(
     assert await queued(services) == [
         ("update_repo_permissions", {"repository_id": repo}),
         ("move_repository_storage", {"repository_id": repo, "old_name": "foo"}),
+    ]
+
+
+async def test_rename_onto_a_name_another_repository_holds_fails_once_with_the_reason(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    await fixture_repository(services, name="foo")
+    other = await fixture_repository(services, name="Renamed", github_id=424242)
+    response = await deliver(client, "repository", payload("repository_renamed"))
+    assert (response.status_code, response.json()["outcome"]) == (202, "deferred")
+    await drain(services)
+    [job] = await jobs(services)
+    assert (job["entrypoint"], job["status"], job["attempts"]) == ("process_webhook", "failed", 0)
+    reason = (await job_log(services, job["id"]))[-1]["traceback"]["exception_message"]
+    assert f"already the name of repository {other}" in reason
+    assert await rows(services, "SELECT name FROM repositories ORDER BY id") == [
+        {"name": "foo"},
+        {"name": "Renamed"},
     ]
 
 

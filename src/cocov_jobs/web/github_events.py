@@ -269,6 +269,17 @@ async def rename_repository(effects: EventEffects, payload: Payload) -> None:
         raise MalformedPayload("renamed repository without repository.name")
     if new_name == old_name:
         return
+    holder = await effects.session.scalar(
+        text("SELECT id FROM repositories WHERE name = :name AND id <> :id"),
+        {"name": new_name, "id": repository_id},
+    )
+    if holder is not None:
+        # GitHub names are unique in an organization: the other row is stale (a rename or a
+        # deletion we never heard of). Retrying cannot help; an operator must decide.
+        raise PermanentError(
+            f"cannot rename repository {repository_id} to {new_name!r}: it is already the name"
+            f" of repository {holder}"
+        )
     await effects.session.execute(
         text(
             "UPDATE repositories SET name = :name, updated_at = timezone('utc', now())"
