@@ -18,20 +18,18 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
 from cocov_jobs.config import Settings
 from cocov_jobs.crypto import new_service_token, service_token_digest
-from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
 from cocov_jobs.services import open_services
+from cocov_jobs.testing.databases import scratch_database
 from cocov_jobs.web.app import create_app
 
 #: Page answer time the dashboard must stay under (ms).
@@ -59,11 +57,6 @@ FROM pgqueuer q CROSS JOIN (VALUES ('successful'), ('failed')) AS s(status)
 """
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 @contextlib.contextmanager
 def servers() -> Iterator[tuple[str, str]]:
     """(admin PostgreSQL URL, Redis URL): the test servers when set, else embedded ones."""
@@ -88,14 +81,7 @@ def servers() -> Iterator[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def database(admin_url: str, jobs: int) -> AsyncIterator[tuple[str, str]]:
     """(URL, service token) of a fresh database holding ``jobs`` jobs; dropped afterwards."""
-    name = f"cocov_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(admin_url, name)
-    try:
-        engine = create_engine(url)
-        await upgrade(engine, url)
-        await engine.dispose()
+    async with scratch_database(admin_url, prefix="cocov_bench_dashboard") as url:
         conn = await asyncpg.connect(asyncpg_dsn(url))
         token = new_service_token()
         try:
@@ -115,9 +101,6 @@ async def database(admin_url: str, jobs: int) -> AsyncIterator[tuple[str, str]]:
         finally:
             await conn.close()
         yield url, token
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def measure(url: str, redis_url: str, token: str, repeat: int) -> dict[str, list[float]]:

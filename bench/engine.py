@@ -74,13 +74,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from machine import machine as common_machine
@@ -236,11 +234,6 @@ async def _worker_main(database_url: str, concurrency: int) -> None:
 # Databases --------------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 @contextlib.contextmanager
 def server_url(explicit: str | None) -> Iterator[tuple[str, str]]:
     """(URL of a database to connect to for CREATE DATABASE, where it comes from)."""
@@ -263,22 +256,9 @@ def server_url(explicit: str | None) -> Iterator[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def bench_database(admin_url: str, rows: int) -> AsyncIterator[str]:
     """A fresh migrated database with ``rows`` repositories; dropped afterwards."""
-    from cocov_jobs.db.migrate import upgrade
-    from cocov_jobs.db.session import create_engine
+    from cocov_jobs.testing.databases import scratch_database
 
-    name = f"cocov_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(admin_url, name)
-    try:
-        engine = create_engine(url)
-        try:
-            await upgrade(engine, url)
-        finally:
-            await engine.dispose()
+    async with scratch_database(admin_url, prefix="cocov_bench") as url:
         conn = await asyncpg.connect(asyncpg_dsn(url))
         try:
             await conn.execute(
@@ -292,12 +272,6 @@ async def bench_database(admin_url: str, rows: int) -> AsyncIterator[str]:
         finally:
             await conn.close()
         yield url
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(admin_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def _fetchval(url: str, sql: str) -> Any:

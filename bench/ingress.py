@@ -51,15 +51,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 from machine import machine
 
-from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
+from cocov_jobs.testing.databases import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 PUSH_TEMPLATE = ROOT / "tests" / "data" / "github" / "push.json"
@@ -85,27 +84,10 @@ class Delivery:
 # Stores and server -----------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
 @contextlib.asynccontextmanager
 async def bench_database(server_url: str, repositories: int) -> AsyncIterator[str]:
     """A fresh migrated database with ``repositories`` repositories; dropped afterwards."""
-    name = f"cocov_bench_ingress_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server_url, name)
-    try:
-        engine = create_engine(url)
-        try:
-            await upgrade(engine, url)
-        finally:
-            await engine.dispose()
+    async with scratch_database(server_url, prefix="cocov_bench_ingress") as url:
         conn = await asyncpg.connect(asyncpg_dsn(url))
         try:
             await conn.execute(
@@ -119,12 +101,6 @@ async def bench_database(server_url: str, repositories: int) -> AsyncIterator[st
         finally:
             await conn.close()
         yield url
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(server_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 def _free_port() -> int:

@@ -39,13 +39,11 @@ import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -54,13 +52,13 @@ from sqlalchemy import event, text
 
 from cocov_jobs import queue
 from cocov_jobs.config import Settings
-from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
 from cocov_jobs.github.levels import level_from_github
 from cocov_jobs.jobs.context import JobContext
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.databases import scratch_database
 from cocov_jobs.testing.github_fake import ROLE_PERMISSIONS
 
 RESULTS_PATH = Path(__file__).parent / "results" / "permissions.json"
@@ -127,34 +125,9 @@ class StatementCounter:
 # Stores -----------------------------------------------------------------------------------------
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-@contextlib.asynccontextmanager
-async def bench_database(server_url: str) -> AsyncIterator[str]:
+def bench_database(server_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """A fresh migrated database on ``server_url``'s server, dropped afterwards."""
-    name = f"cocov_bench_perm_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server_url, name)
-    try:
-        engine = create_engine(url)
-        try:
-            await upgrade(engine, url)
-        finally:
-            await engine.dispose()
-        yield url
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(server_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    return scratch_database(server_url, prefix="cocov_bench_perm")
 
 
 # Running a job ----------------------------------------------------------------------------------

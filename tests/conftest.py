@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -27,14 +26,10 @@ from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import asyncpg_dsn, create_engine
 from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
 from cocov_jobs.services import Services, open_services
+from cocov_jobs.testing.databases import with_database
 
 TEST_DATABASE_URL_ENV = "COCOV_TEST_DATABASE_URL"
 TEST_REDIS_URL_ENV = "COCOV_TEST_REDIS_URL"
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")

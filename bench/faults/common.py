@@ -34,13 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +46,6 @@ if str(ROOT) not in sys.path:  # the test helpers below live in the repository's
     sys.path.insert(0, str(ROOT))
 
 from tests.acceptance.conftest import CLI, cli_env  # noqa: E402
-from tests.conftest import with_database  # noqa: E402
 from tests.integration.test_web_end_to_end import settings_env  # noqa: E402
 from tests.integration.test_web_server import (  # noqa: E402
     SECRET,
@@ -58,10 +55,9 @@ from tests.integration.test_web_server import (  # noqa: E402
 )
 
 from cocov_jobs.config import Settings  # noqa: E402
-from cocov_jobs.db.migrate import upgrade  # noqa: E402
-from cocov_jobs.db.session import asyncpg_dsn, create_engine  # noqa: E402
 from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis, _service_user  # noqa: E402
 from cocov_jobs.testing import FakeGitHub  # noqa: E402
+from cocov_jobs.testing.databases import scratch_database  # noqa: E402
 
 __all__ = [
     "ROOT",
@@ -160,29 +156,9 @@ def private_redis(data_dir: Path) -> Iterator[EmbeddedRedis]:
         rd.stop()
 
 
-@contextlib.asynccontextmanager
-async def migrated_database(server_url: str) -> AsyncIterator[str]:
+def migrated_database(server_url: str) -> contextlib.AbstractAsyncContextManager[str]:
     """URL of a fresh database on ``server_url``'s server, migrated to head; dropped at exit."""
-    name = f"cocov_faults_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = with_database(server_url, name)
-    try:
-        engine = create_engine(url)
-        try:
-            await upgrade(engine, url)
-        finally:
-            await engine.dispose()
-        yield url
-    finally:
-        admin = await asyncpg.connect(asyncpg_dsn(server_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    return scratch_database(server_url, prefix="cocov_faults")
 
 
 # Settings and processes ------------------------------------------------------------------------
