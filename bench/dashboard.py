@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import shutil
 import statistics
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -27,9 +23,8 @@ import httpx
 from cocov_jobs.config import Settings
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
 from cocov_jobs.services import open_services
-from cocov_jobs.testing.databases import scratch_database
+from cocov_jobs.testing.databases import scratch_database, test_servers
 from cocov_jobs.web.app import create_app
 
 #: Page answer time the dashboard must stay under (ms).
@@ -55,27 +50,6 @@ SELECT q.id, s.status::pgqueuer_status, q.entrypoint, 0,
        now() - (q.id % 3600 || ' seconds')::interval
 FROM pgqueuer q CROSS JOIN (VALUES ('successful'), ('failed')) AS s(status)
 """
-
-
-@contextlib.contextmanager
-def servers() -> Iterator[tuple[str, str]]:
-    """(admin PostgreSQL URL, Redis URL): the test servers when set, else embedded ones."""
-    db_url = os.environ.get("COCOV_TEST_DATABASE_URL", "")
-    redis_url = os.environ.get("COCOV_TEST_REDIS_URL", "")
-    data_dir = Path(tempfile.mkdtemp(prefix="cocov-bench-dashboard-"))
-    with contextlib.ExitStack() as stack:
-        stack.callback(shutil.rmtree, data_dir, True)
-        if not db_url:
-            pg = EmbeddedPostgres(data_dir)
-            pg.start()
-            stack.callback(pg.stop)
-            db_url = pg.url
-        if not redis_url:
-            rd = EmbeddedRedis(data_dir)
-            rd.start()
-            stack.callback(rd.stop)
-            redis_url = rd.url(15)
-        yield db_url, redis_url
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +114,7 @@ async def measure(url: str, redis_url: str, token: str, repeat: int) -> dict[str
 
 
 async def main(jobs: int, repeat: int) -> int:
-    with servers() as (admin_url, redis_url):
+    with test_servers(prefix="cocov-bench-dashboard-") as (admin_url, redis_url):
         async with database(admin_url, jobs) as (url, token):
             times = await measure(url, redis_url, token, repeat)
     print(f"{jobs} jobs, {repeat} requests per page (ms): median / worst")

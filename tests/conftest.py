@@ -8,13 +8,8 @@ Each test gets its own database, cloned from a migrated template, and a flushed 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,32 +19,13 @@ import redis.asyncio as aioredis
 from cocov_jobs.config import Settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import asyncpg_dsn, create_engine
-from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis
 from cocov_jobs.services import Services, open_services
-from cocov_jobs.testing.databases import with_database
-
-TEST_DATABASE_URL_ENV = "COCOV_TEST_DATABASE_URL"
-TEST_REDIS_URL_ENV = "COCOV_TEST_REDIS_URL"
+from cocov_jobs.testing.databases import test_servers, with_database
 
 
 @pytest.fixture(scope="session")
 def _stores() -> Iterator[dict[str, str]]:
-    with ExitStack() as stack:
-        # One private directory per session: concurrent test runs never share servers.
-        data_dir = Path(tempfile.mkdtemp(prefix="cocov-jobs-test-"))
-        stack.callback(shutil.rmtree, data_dir, True)
-        db_url = os.environ.get(TEST_DATABASE_URL_ENV, "")
-        redis_url = os.environ.get(TEST_REDIS_URL_ENV, "")
-        if not db_url:
-            pg = EmbeddedPostgres(data_dir)
-            pg.start()
-            stack.callback(pg.stop)
-            db_url = pg.url
-        if not redis_url:
-            rd = EmbeddedRedis(data_dir)
-            rd.start()
-            stack.callback(rd.stop)
-            redis_url = rd.url(15)
+    with test_servers() as (db_url, redis_url):
         yield {"database": db_url, "redis": redis_url}
 
 
