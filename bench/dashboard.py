@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.db.session import asyncpg_dsn
@@ -79,7 +80,11 @@ async def database(admin_url: str, jobs: int) -> AsyncIterator[tuple[str, str]]:
 
 async def measure(url: str, redis_url: str, token: str, repeat: int) -> dict[str, list[float]]:
     async with open_services(
-        Settings(), database_url=url, redis_url=redis_url, redis_cache_url=redis_url
+        Settings(),
+        registry=product_jobs.registry(),
+        database_url=url,
+        redis_url=redis_url,
+        redis_cache_url=redis_url,
     ) as services:
         app = create_app(services)
         transport = httpx.ASGITransport(app=app)

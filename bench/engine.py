@@ -86,10 +86,10 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 from sqlalchemy import select, update
 
-from cocov_jobs import queue
 from cocov_jobs.db.models import Repository, utc_now
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import Registry, job
 
 #: Targets on the 2-core machine (drain jobs/s of our engine); ``real_asyncpg`` is held to the
 #: real-shaped target too.
@@ -141,14 +141,14 @@ def _finished() -> None:
     STAMPS.last_end = time.time()
 
 
-@queue.job()
+@job()
 async def bench_noop(ctx: JobContext, n: int) -> None:
     """Benchmark job: does nothing."""
     _started()
     _finished()
 
 
-@queue.job()
+@job()
 async def bench_real(ctx: JobContext, repository_id: int) -> None:
     """Benchmark job: one indexed SELECT and one UPDATE of a repository, through SQLAlchemy."""
     _started()
@@ -166,7 +166,7 @@ async def bench_real(ctx: JobContext, repository_id: int) -> None:
     _finished()
 
 
-@queue.job()
+@job()
 async def bench_real_asyncpg(ctx: JobContext, repository_id: int) -> None:
     """Benchmark job: the same SELECT and UPDATE in one transaction, straight through asyncpg."""
     _started()
@@ -176,6 +176,10 @@ async def bench_real_asyncpg(ctx: JobContext, repository_id: int) -> None:
             raise LookupError(f"repository {repository_id} not found")
         await conn.execute(UPDATE_SQL, repository_id, size + 1)
     _finished()
+
+
+#: The jobs the benchmark's worker runs.
+BENCH_JOBS = Registry([bench_noop, bench_real, bench_real_asyncpg])
 
 
 def job_arguments(workload: str, i: int, rows: int) -> dict[str, int]:
@@ -198,8 +202,8 @@ def _cpu_seconds() -> float:
 async def _worker_main(database_url: str, concurrency: int) -> None:
     from cocov_jobs import logs
     from cocov_jobs.config import Settings
+    from cocov_jobs.engine.worker import Worker
     from cocov_jobs.services import open_services
-    from cocov_jobs.worker import Worker
 
     logs.configure("console", "WARNING")
     settings = Settings(worker_concurrency=concurrency)
@@ -210,6 +214,7 @@ async def _worker_main(database_url: str, concurrency: int) -> None:
     try:
         async with open_services(
             settings,
+            registry=BENCH_JOBS,
             database_url=database_url,
             redis_url=UNUSED_REDIS_URL,
             redis_cache_url=UNUSED_REDIS_URL,
@@ -364,7 +369,7 @@ class Run:
 
 async def enqueue_ours(url: str, workload: str, jobs: int, rows: int, batch: int) -> float:
     """Bulk-enqueue ``jobs`` bench jobs, ``batch`` per transaction; return the seconds taken."""
-    definition = queue.resolve(JOB_NAMES[workload])
+    definition = BENCH_JOBS.resolve(JOB_NAMES[workload])
     payloads: list[bytes | None] = [
         json.dumps(definition.validate(job_arguments(workload, i, rows))).encode()
         for i in range(jobs)

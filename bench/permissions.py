@@ -8,8 +8,8 @@ Two jobs, each at two sizes (``--sizes``, default 2,000 and 20,000 collaborators
 * ``resync`` — then, on GitHub, a tenth of the members (repositories) lose access, a tenth
   change role and a tenth are new; the job deletes, updates and inserts accordingly.
 
-Each job runs in this process exactly as a worker runs it (:func:`cocov_jobs.queue.execute`
-with a :class:`~cocov_jobs.jobs.context.JobContext`), against the GitHub fake over real HTTP
+Each job runs in this process exactly as a worker runs it (:func:`cocov_jobs.engine.context.execute`
+with a :class:`~cocov_jobs.engine.context.JobContext`), against the GitHub fake over real HTTP
 (100 items per page) and real PostgreSQL and Redis. After each run the stored memberships are
 compared with what GitHub lists (exit status 1 on a mismatch).
 
@@ -50,16 +50,16 @@ import structlog
 from machine import machine
 from sqlalchemy import event, text
 
-from cocov_jobs import queue
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
 from cocov_jobs.github.levels import level_from_github
-from cocov_jobs.jobs.context import JobContext
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
 from cocov_jobs.testing.databases import scratch_database
 from cocov_jobs.testing.github_fake import ROLE_PERMISSIONS
+from cocov_jobs.testing.running import run_here
 
 RESULTS_PATH = Path(__file__).parent / "results" / "permissions.json"
 #: Default sizes: collaborators of one repository / repositories one user can see.
@@ -137,18 +137,9 @@ async def run_job(
     services: Services, pool: asyncpg.Pool, counter: StatementCounter, name: str, **args: int
 ) -> tuple[float, int, float]:
     """Run job ``name`` as a worker would; return (seconds, statements, SQL seconds)."""
-    definition = queue.resolve(name)
-    ctx = JobContext(
-        services=services,
-        job_id=0,
-        name=definition.name,
-        attempts=0,
-        lock_pool=pool,
-        log=structlog.get_logger(),
-    )
     started = time.perf_counter()
     with counter.measuring():
-        await queue.execute(definition, ctx, args, queue.RetryPolicy())
+        await run_here(services, pool, name, **args)
     return time.perf_counter() - started, counter.count, counter.seconds
 
 
@@ -337,7 +328,11 @@ async def bench(args: argparse.Namespace, database_url: str, redis_url: str) -> 
         async with (
             bench_database(database_url) as url,
             open_services(
-                settings, database_url=url, redis_url=redis_url, redis_cache_url=redis_url
+                settings,
+                registry=product_jobs.registry(),
+                database_url=url,
+                redis_url=redis_url,
+                redis_cache_url=redis_url,
             ) as services,
         ):
             pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=1, max_size=2)

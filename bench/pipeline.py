@@ -14,7 +14,7 @@
     stores a new upload first (untimed); the job loads it from PostgreSQL, decodes, measures,
     replaces the previous run's rows and records totals, history and branches.
 
-Jobs run in this process exactly as a worker runs them (:func:`cocov_jobs.queue.execute`).
+Jobs run in this process exactly as a worker runs them (:func:`cocov_jobs.engine.context.execute`).
 One untimed warm-up of each contender, then ``--runs`` timed runs of each, alternating which
 goes first; medians and ratios (job / baseline; targets :data:`CLONE_TARGET` and
 :data:`COVERAGE_TARGET`) are printed and written to ``bench/results/pipeline.json`` with the
@@ -48,17 +48,18 @@ from clone import ORG, REPO, machine, time_baseline, time_ours
 from permissions import bench_database
 from sqlalchemy import text
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.coverage import NEUTRAL, Line, encode_lines, summarize
 from cocov_jobs.coverage_results import COVERAGE_FILE_COLUMNS, file_records
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
 from cocov_jobs.gitstore import LocalStorage
-from cocov_jobs.jobs.context import JobContext
 from cocov_jobs.manifest import parse_manifest
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.running import run_here
 
 RESULTS_PATH = Path(__file__).parent / "results" / "pipeline.json"
 #: Largest acceptable ratio of ``process_commit`` to ``git clone --depth 1``.
@@ -92,17 +93,8 @@ async def alternate(contenders: dict[str, Timer], runs: int) -> dict[str, list[f
 
 async def run_job(services: Services, pool: asyncpg.Pool, name: str, **args: object) -> float:
     """Seconds job ``name`` takes, run as a worker runs it."""
-    definition = queue.resolve(name)
-    ctx = JobContext(
-        services=services,
-        job_id=0,
-        name=definition.name,
-        attempts=0,
-        lock_pool=pool,
-        log=structlog.get_logger(),
-    )
     started = time.perf_counter()
-    await queue.execute(definition, ctx, args, queue.RetryPolicy())
+    await run_here(services, pool, name, **args)
     return time.perf_counter() - started
 
 
@@ -273,7 +265,11 @@ async def bench(
         async with (
             bench_database(database) as url,
             open_services(
-                settings, database_url=url, redis_url=redis, redis_cache_url=redis
+                settings,
+                registry=product_jobs.registry(),
+                database_url=url,
+                redis_url=redis,
+                redis_cache_url=redis,
             ) as services,
         ):
             await services.redis.delete(contracts.INSTALLATION_TOKEN)  # another fake's token

@@ -16,9 +16,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from cocov_jobs import jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import asyncpg_dsn, create_engine
+from cocov_jobs.engine.registry import Registry
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing.databases import test_servers, with_database
 
@@ -111,10 +113,24 @@ def settings() -> Settings:
 
 
 @pytest.fixture
+def registry() -> Registry:
+    """The jobs the ``services`` fixture runs (a test module may add its own)."""
+    return jobs.registry()
+
+
+@pytest.fixture
 async def services(
-    settings: Settings, database_url: str, redis_url: str, redis: aioredis.Redis
+    settings: Settings,
+    registry: Registry,
+    database_url: str,
+    redis_url: str,
+    redis: aioredis.Redis,
 ) -> AsyncIterator[Services]:
     async with open_services(
-        settings, database_url=database_url, redis_url=redis_url, redis_cache_url=redis_url
+        settings,
+        registry=registry,
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_cache_url=redis_url,
     ) as opened:
         yield opened

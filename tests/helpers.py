@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
-from cocov_jobs.worker import Worker
 
 
 async def drain(services: Services, *, concurrency: int = 4, horizon: float = 5.0) -> None:

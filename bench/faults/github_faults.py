@@ -58,7 +58,9 @@ from common import (
 )
 from sqlalchemy import text
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
+from cocov_jobs import jobs as product_jobs
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
 
@@ -395,6 +397,7 @@ async def running(fake: FakeGitHub, scratch: Path) -> AsyncIterator[Bench]:
             try:
                 async with open_services(
                     settings,
+                    registry=product_jobs.registry(),
                     database_url=database_url,
                     redis_url=rd.url(0),
                     redis_cache_url=rd.url(0),

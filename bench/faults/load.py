@@ -64,8 +64,8 @@ from common import (
 from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.queue import resolve
 from cocov_jobs.testing import FakeGitHub
 
 SCENARIO = "load"
@@ -115,7 +115,7 @@ class Webhooks:
 
 async def seed(database_url: str, jobs: int) -> tuple[list[int], float]:
     """``jobs`` repositories and one job each; return (job ids, seconds the enqueue took)."""
-    definition = resolve(JOB)
+    definition = product_jobs.registry().resolve(JOB)
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         ids = await conn.fetch(

@@ -51,9 +51,10 @@ from common import (
     web_process,
 )
 
-from cocov_jobs import queue
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import EmbeddedPostgres
+from cocov_jobs.engine import queue
 from cocov_jobs.services import open_services
 from cocov_jobs.testing import FakeGitHub
 
@@ -124,7 +125,11 @@ async def seed(
     settings = bench_settings(fake, Path("unused-storage"))
     async with (
         open_services(
-            settings, database_url=database_url, redis_url=redis_url, redis_cache_url=redis_url
+            settings,
+            registry=product_jobs.registry(),
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_cache_url=redis_url,
         ) as services,
         services.sessions.begin() as session,
     ):

@@ -44,8 +44,10 @@ from common import (
     web_process,
 )
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.db.session import asyncpg_dsn
+from cocov_jobs.engine import queue
 from cocov_jobs.services import open_services
 from cocov_jobs.testing import FakeGitHub
 
@@ -164,6 +166,7 @@ async def main() -> int:
                         web_process(env, log=scratch / "web.log") as base_url,
                         open_services(
                             settings,
+                            registry=product_jobs.registry(),
                             database_url=url,
                             redis_url=rd.url(0),
                             redis_cache_url=rd.url(0),

@@ -62,9 +62,11 @@ from common import (
 )
 from tests.integration.pipeline_fixtures import covered
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.db.session import asyncpg_dsn
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
 
@@ -261,6 +263,7 @@ async def execute(
     log = run.storage.parent / f"{run.storage.name}-workers.log"
     async with open_services(
         settings,
+        registry=product_jobs.registry(),
         database_url=run.database_url,
         redis_url=run.redis_url,
         redis_cache_url=run.redis_url,

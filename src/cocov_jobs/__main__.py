@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from cocov_jobs.cli import main
+from cocov_jobs.cli.main import main
 
 main()

@@ -43,7 +43,7 @@ from cocov_jobs.checks_dispatch import (
 from cocov_jobs.clones import CommitRef, read_manifest
 from cocov_jobs.config import Settings
 from cocov_jobs.db.models import CheckSet, CheckSetStatus, CheckStatus, ErrorKind, utc_now
-from cocov_jobs.errors import PermanentError
+from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.manifest import INVALID_OR_MISSING_DATA, InvalidManifestError, Manifest
 from cocov_jobs.services import Services
 

@@ -5,7 +5,7 @@ Rules (reference §3.1, DESIGN §4.5):
 * A commit is cloned once. :func:`ensure_cloned` returns at once when ``clone_status`` is
   ``completed`` and storage has the commit; otherwise it takes the PostgreSQL advisory lock
   :func:`clone_lock_key`. When another job holds it (cloning the same commit), the caller is
-  re-queued with :class:`~cocov_jobs.errors.Deferred` (no attempt used): it never waits in a
+  deferred (:func:`~cocov_jobs.engine.retry.lock_busy`, no attempt used): it never waits in a
   worker slot and is never marked as failed for it.
 * Under the lock: ``clone_status`` ``in_progress`` → fetch → ``completed`` with ``clone_size``;
   when the size changed, ``compute_repository_commits_size`` is enqueued in that same
@@ -18,21 +18,20 @@ Rules (reference §3.1, DESIGN §4.5):
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs import queue
 from cocov_jobs.db.models import CloneStatus, Commit, Repository, utc_now
-from cocov_jobs.errors import Deferred, PermanentError, TransientError
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.retry import PermanentError, TransientError, lock_busy
 from cocov_jobs.gitstore import CloneError, CommitStorage
 from cocov_jobs.manifest import MANIFEST_FILE, Manifest, parse_manifest
 
 if TYPE_CHECKING:
-    from cocov_jobs.jobs.context import JobContext
+    from cocov_jobs.engine.context import JobContext
 
 # Store the new size; return the previous one (to know whether the repository total changed).
 _COMPLETE_CLONE = text(
@@ -108,10 +107,7 @@ async def ensure_cloned(ctx: JobContext, commit: CommitRef) -> None:
         return
     async with ctx.advisory_lock(clone_lock_key(commit.id)) as acquired:
         if not acquired:
-            raise Deferred(
-                f"commit {commit.sha} is being cloned by another job",
-                delay=queue.LOCK_RETRY_DELAY * random.uniform(1.0, 1.5),
-            )
+            raise lock_busy(f"commit {commit.sha} is being cloned by another job")
         async with ctx.db() as session:
             status = await session.scalar(select(Commit.clone_status).where(Commit.id == commit.id))
         if status is None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, TypeAlias
 
-from cocov_jobs.errors import PermanentError
+from cocov_jobs.engine.retry import PermanentError
 
 #: Wire byte of a neutral line (not executable).
 NEUTRAL_BYTE: Final = 0x00

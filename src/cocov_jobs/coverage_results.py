@@ -26,9 +26,9 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs import queue
 from cocov_jobs.coverage import CoverageReport
 from cocov_jobs.db.models import CoverageStatus
+from cocov_jobs.engine import queue
 
 #: Columns of ``coverage_files`` written by ``COPY`` (``id`` comes from its sequence).
 COVERAGE_FILE_COLUMNS: Final = (

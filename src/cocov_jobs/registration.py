@@ -28,8 +28,9 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
+from cocov_jobs.engine import queue
 
 log = structlog.get_logger(__name__)
 

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
 from cocov_jobs.db.session import create_engine, session_factory
+from cocov_jobs.engine.queue import REGISTRY_KEY
+from cocov_jobs.engine.registry import Registry
 from cocov_jobs.github.auth import InstallationTokenProvider
 from cocov_jobs.github.client import GitHubClient, installation_client, user_client
 from cocov_jobs.gitstore.storage import CommitStorage, storage_from_settings
@@ -22,6 +24,8 @@ from cocov_jobs.gitstore.storage import CommitStorage, storage_from_settings
 @dataclass
 class Services:
     settings: Settings
+    #: The jobs this program runs; its sessions carry it too (enqueue by name).
+    registry: Registry
     database_url: str
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -73,6 +77,7 @@ class Services:
 async def open_services(
     settings: Settings,
     *,
+    registry: Registry,
     database_url: str,
     redis_url: str,
     redis_cache_url: str,
@@ -83,9 +88,10 @@ async def open_services(
     cache = aioredis.Redis.from_url(redis_cache_url) if redis_cache_url != redis_url else primary
     services = Services(
         settings=settings,
+        registry=registry,
         database_url=database_url,
         engine=engine,
-        sessions=session_factory(engine),
+        sessions=session_factory(engine, {REGISTRY_KEY: registry}),
         redis=primary,
         cache_redis=cache,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from cocov_jobs import demo, demo_sample
+from cocov_jobs.cli import demo, demo_sample
 from tests.acceptance.conftest import CLI, cli_env
 
 #: Seconds the whole demo may take (embedded stores included).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
-from cocov_jobs import queue
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 from tests.helpers import job_log, jobs
 from tests.integration.test_admin import failed_job

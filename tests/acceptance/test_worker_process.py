@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from cocov_jobs import queue
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 from tests.acceptance.conftest import CLI, cli_env
 from tests.helpers import insert, job_log, jobs

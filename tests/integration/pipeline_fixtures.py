@@ -19,9 +19,9 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.helpers import drain, insert
 
-from cocov_jobs import queue
 from cocov_jobs.config import Settings
 from cocov_jobs.coverage import Line, encode_lines
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
 

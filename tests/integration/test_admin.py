@@ -12,12 +12,16 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.helpers import drain, insert, job_log, jobs
 
-from cocov_jobs import admin, logs, queue
+from cocov_jobs import jobs as product_jobs
+from cocov_jobs import logs
 from cocov_jobs.config import Settings
 from cocov_jobs.crypto import new_service_token, service_token_digest
+from cocov_jobs.engine import admin, queue
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import Registry, job
+from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
-from cocov_jobs.worker import Worker
 
 #: A payload update_commits_author rejects at once (permanent failure, with a traceback).
 BAD_PAYLOAD = b'{"user_id": "not a number"}'
@@ -38,6 +42,21 @@ async def failed_job(services: Services) -> int:
     await drain(services, horizon=0)
     assert int(job_id) in [j["id"] for j in await jobs(services) if j["status"] == "failed"]
     return int(job_id)
+
+
+#: Set when ``_test_blocking`` starts; it then waits until cancelled.
+BLOCKING_STARTED = asyncio.Event()
+
+
+@job()
+async def _test_blocking(ctx: JobContext) -> None:
+    BLOCKING_STARTED.set()
+    await asyncio.Event().wait()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return product_jobs.registry().including(_test_blocking)
 
 
 async def enqueue(services: Services, *, delay: float = 0.0, user_id: int = 1) -> int:
@@ -95,30 +114,20 @@ async def test_retry_all_failed_and_stats(services: Services) -> None:
 
 async def test_cancel_interrupts_a_running_job(services: Services) -> None:
     """A running job's cancellation reaches its worker, which stops the run."""
-    started = asyncio.Event()
-    never = asyncio.Event()
-
-    async def blocking(ctx: object, user_id: int) -> None:
-        started.set()
-        await never.wait()
-
-    definition = queue.REGISTRY["update_commits_author"]
-    original = definition.func
-    object.__setattr__(definition, "func", blocking)
-    try:
-        job_id = await enqueue(services, user_id=9)
-        worker = Worker(services, concurrency=1)
-        run = asyncio.create_task(worker.run())
-        await asyncio.wait_for(started.wait(), 30)
-        assert (await admin.list_jobs(services, state="running"))[0].worker is not None
-        assert await admin.cancel(services, job_id)
-        async with asyncio.timeout(30):
-            while worker.running_jobs:  # noqa: ASYNC110 - the worker exposes no event
-                await asyncio.sleep(0.05)
-        worker.stop()
-        await asyncio.wait_for(run, 30)
-    finally:
-        object.__setattr__(definition, "func", original)
+    BLOCKING_STARTED.clear()
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "_test_blocking")
+    assert job_id is not None
+    worker = Worker(services, concurrency=1)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(BLOCKING_STARTED.wait(), 30)
+    assert (await admin.list_jobs(services, state="running"))[0].worker is not None
+    assert await admin.cancel(services, job_id)
+    async with asyncio.timeout(30):
+        while worker.running_jobs:  # noqa: ASYNC110 - the worker exposes no event
+            await asyncio.sleep(0.05)
+    worker.stop()
+    await asyncio.wait_for(run, 30)
     assert await jobs(services) == []
     assert [h["status"] for h in await job_log(services, job_id)][-1] == "canceled"
 

@@ -10,8 +10,8 @@ import pytest
 from tests.helpers import insert, jobs
 from tests.integration.test_admin import enqueue, failed_job
 
-from cocov_jobs import admin
 from cocov_jobs.crypto import new_service_token, service_token_digest
+from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 from cocov_jobs.web.app import create_app
 from cocov_jobs.web.dashboard import CSRF_COOKIE, SESSION_COOKIE

@@ -9,7 +9,8 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.helpers import drain, insert, jobs
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 
 

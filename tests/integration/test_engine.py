@@ -7,16 +7,18 @@ import asyncio
 import pytest
 from tests.helpers import drain, job_log, jobs
 
-from cocov_jobs import queue
-from cocov_jobs.errors import Deferred, PermanentError
-from cocov_jobs.jobs.context import JobContext
+from cocov_jobs import jobs as product_jobs
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import JobArgumentsError, Registry, UnknownJobError, job
+from cocov_jobs.engine.retry import Deferred, PermanentError
 from cocov_jobs.services import Services
 
 CALLS: list[tuple[str, int]] = []
 FAILURES: dict[str, int] = {}
 
 
-@queue.job()
+@job()
 async def _test_flaky(ctx: JobContext, key: str, failures: int) -> None:
     """Fails ``failures`` times, then succeeds."""
     CALLS.append((key, ctx.attempts))
@@ -25,28 +27,36 @@ async def _test_flaky(ctx: JobContext, key: str, failures: int) -> None:
         raise ConnectionError(f"boom {key}")
 
 
-@queue.job()
+@job()
 async def _test_permanent(ctx: JobContext, key: str) -> None:
     CALLS.append((key, ctx.attempts))
     raise PermanentError(f"record {key} is gone")
 
 
-@queue.job()
+@job()
 async def _test_deferred(ctx: JobContext, key: str) -> None:
     CALLS.append((key, ctx.attempts))
     if sum(1 for k, _ in CALLS if k == key) == 1:
         raise Deferred("rate limited", delay=0.3)
 
 
-@queue.job(lock="res:{key}")
+@job(lock="res:{key}")
 async def _test_locked(ctx: JobContext, key: str, hold: float) -> None:
     CALLS.append((key, ctx.attempts))
     await asyncio.sleep(hold)
 
 
-@queue.job(dedupe="{key}")
+@job(dedupe="{key}")
 async def _test_deduped(ctx: JobContext, key: str) -> None:
     CALLS.append((key, ctx.attempts))
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """The product's jobs plus this module's test jobs (a registry of its own, no global)."""
+    return product_jobs.registry().including(
+        _test_flaky, _test_permanent, _test_deferred, _test_locked, _test_deduped, _test_overlap
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -136,17 +146,17 @@ def test_names_resolve_from_every_spelling() -> None:
         "update-commits-author",
         "UpdateCommitsAuthorJob",
     ):
-        assert queue.resolve(spelling).name == "update_commits_author"
-    with pytest.raises(queue.UnknownJobError):
-        queue.resolve("nope")
+        assert product_jobs.registry().resolve(spelling).name == "update_commits_author"
+    with pytest.raises(UnknownJobError):
+        product_jobs.registry().resolve("nope")
 
 
 def test_arguments_are_validated() -> None:
-    definition = queue.resolve("compute-repository-commits-size")
+    definition = product_jobs.registry().resolve("compute-repository-commits-size")
     assert definition.validate_positional(["42"]) == {"repository_id": 42}
-    with pytest.raises(queue.JobArgumentsError):
+    with pytest.raises(JobArgumentsError):
         definition.validate_positional(["x"])
-    with pytest.raises(queue.JobArgumentsError):
+    with pytest.raises(JobArgumentsError):
         definition.validate_positional([])
 
 
@@ -154,7 +164,7 @@ RUNNING: list[int] = []
 PEAK: list[int] = []
 
 
-@queue.job()
+@job()
 async def _test_overlap(ctx: JobContext, key: str) -> None:
     RUNNING.append(1)
     PEAK.append(len(RUNNING))

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
-from cocov_jobs.errors import Deferred, JobError, PermanentError, TransientError
+from cocov_jobs.engine.retry import Deferred, JobError, PermanentError, TransientError
 from cocov_jobs.github import (
     GitHubClient,
     GitHubError,

@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import make_settings
 from tests.helpers import drain, job_log, jobs
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
 from cocov_jobs.config import Settings
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
 

@@ -12,8 +12,9 @@ from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.helpers import drain, insert, job_log, jobs
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
 from cocov_jobs.config import Settings
+from cocov_jobs.engine import queue
 from cocov_jobs.github.levels import ADMIN, MAINTAINER, USER
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub

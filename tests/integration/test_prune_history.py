@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from tests.helpers import drain
 
-from cocov_jobs import queue
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 
 

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import structlog
 from sqlalchemy import text
 from tests.conftest import make_settings
 from tests.helpers import drain, insert, job_log, jobs
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
 from cocov_jobs.config import Settings
 from cocov_jobs.db.session import asyncpg_dsn
+from cocov_jobs.engine import queue
 from cocov_jobs.gitstore.layout import repo_dir
-from cocov_jobs.jobs.context import JobContext
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.running import run_here
 
 CACHE_SERVICE_URL = "http://cache.test"
 
@@ -45,20 +45,6 @@ async def lock_pool(services: Services) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(asyncpg_dsn(services.database_url), min_size=1, max_size=2)
     yield pool
     await pool.close()
-
-
-async def execute(services: Services, pool: asyncpg.Pool, name: str, **args: object) -> None:
-    """Run one job here, as a worker would, leaving the jobs it enqueues in the queue."""
-    definition = queue.resolve(name)
-    ctx = JobContext(
-        services=services,
-        job_id=0,
-        name=definition.name,
-        attempts=0,
-        lock_pool=pool,
-        log=structlog.get_logger(),
-    )
-    await queue.execute(definition, ctx, args, queue.RetryPolicy())
 
 
 async def make_repo(
@@ -111,7 +97,7 @@ async def test_initialize_registers_the_default_branch_head(
     fake_github.commit("api", {"b.txt": "b"}, message="Main moves on")
     repo = await make_repo(services, "api", remote.id, default_branch="develop")
 
-    await execute(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
 
     (commit,) = await rows(
         services,
@@ -140,7 +126,7 @@ async def test_initialize_reuses_an_existing_commit(
     existing = await make_commit(services, repo, fake_github.head("api"), message="kept")
     await insert(services, "branches", repository_id=repo, name="main", head_id=None)
 
-    await execute(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
 
     assert await rows(services, "SELECT id, message FROM commits") == [
         {"id": existing, "message": "kept"}
@@ -159,7 +145,7 @@ async def test_initialize_claims_coverage_uploaded_before_the_commit(
     coverage = {"lib/a.rb": "AAEC"}
     await services.redis.set(key, json.dumps(coverage), ex=contracts.DEFERRED_COVERAGE_TTL)
 
-    await execute(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
 
     (upload,) = await rows(
         services, "SELECT id, repository_id, sha, data FROM cocov_jobs_coverage_uploads"
@@ -182,7 +168,7 @@ async def test_initialized_repository_is_left_alone(
     head = await make_commit(services, repo, "a" * 40)
     await insert(services, "branches", repository_id=repo, name="main", head_id=head)
 
-    await execute(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
 
     assert fake_github.request_log == []
     assert await queued(services) == []
@@ -193,7 +179,7 @@ async def test_empty_repository_stays_uninitialized(
 ) -> None:
     remote = fake_github.add_repo("empty", files={})
     repo = await make_repo(services, "empty", remote.id)
-    await execute(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
     assert await rows(services, "SELECT id FROM commits") == []
     assert await queued(services) == []
     assert [status for _, path, status in fake_github.request_log if "commits" in path] == [409]
@@ -216,7 +202,7 @@ async def test_initialize_of_a_repository_github_does_not_know_fails_permanently
 async def test_initialize_of_a_missing_repository_is_a_no_op(
     services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
 ) -> None:
-    await execute(services, lock_pool, "initialize_repository", repository_id=4242)
+    await run_here(services, lock_pool, "initialize_repository", repository_id=4242)
     assert fake_github.request_log == []
     assert await queued(services) == []
 

@@ -24,6 +24,7 @@ from tests.acceptance.conftest import CLI, cli_env
 from tests.conftest import make_settings
 from tests.helpers import insert
 
+from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.web.app import create_app
@@ -95,7 +96,11 @@ async def services_at(
     settings: Settings, *, database_url: str, redis_url: str
 ) -> AsyncIterator[Services]:
     async with open_services(
-        settings, database_url=database_url, redis_url=redis_url, redis_cache_url=redis_url
+        settings,
+        registry=product_jobs.registry(),
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_cache_url=redis_url,
     ) as opened:
         yield opened
 

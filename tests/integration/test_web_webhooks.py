@@ -27,12 +27,13 @@ from tests.integration.test_web_server import (
     webhook_settings,
 )
 
-from cocov_jobs import contracts, queue
+from cocov_jobs import contracts
 from cocov_jobs.config import Settings
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.worker import Worker
 from cocov_jobs.gitstore import repo_dir
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
-from cocov_jobs.worker import Worker
 
 PUSH_SHA = "6858adf07e5cd43f9c5d87573369fa354d20a076"
 #: GitHub ids of users in the payloads: the member/membership sender, the org member.

@@ -17,11 +17,10 @@ from pgqueuer.qm import QueueManager
 from sqlalchemy import text
 from tests.helpers import job_log
 
-from cocov_jobs import queue
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.queue import RetryNotCounted
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.worker import Worker, _Queries
 from cocov_jobs.services import Services
-from cocov_jobs.worker import Worker, _Queries
 
 #: Upper bound for the worker to reach a state.
 WAIT = 60.0
@@ -144,9 +143,9 @@ async def test_a_retry_that_cannot_be_recorded_leaves_the_job_to_be_picked_again
     job = Job.model_validate(dict(row))
     gone = await asyncpg.create_pool(asyncpg_dsn(services.database_url), min_size=0)
     await gone.close()  # every statement now fails, as while the server restarts
-    queries = _Queries(AsyncpgPoolDriver(gone))
-    for reason in (RetryNotCounted, RuntimeError):
-        record = TracebackRecord.from_exception(
-            exc=reason("later"), job_id=job.id, additional_context={}
-        )
+    record = TracebackRecord.from_exception(
+        exc=RuntimeError("later"), job_id=job.id, additional_context={}
+    )
+    for uncounted in ({job.id}, set()):
+        queries = _Queries(AsyncpgPoolDriver(gone), uncounted=uncounted)
         await queries.retry_job(job, timedelta(seconds=1), record)

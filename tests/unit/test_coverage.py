@@ -31,7 +31,7 @@ from cocov_jobs.coverage import (
     summarize,
     validate_path,
 )
-from cocov_jobs.errors import PermanentError
+from cocov_jobs.engine.retry import PermanentError
 
 DATA = Path(__file__).parent.parent / "data" / "coverage"
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None)

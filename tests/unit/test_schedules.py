@@ -1,4 +1,4 @@
-"""The periodic jobs table and its cron expressions."""
+"""The periodic jobs (declared with ``@job(every=…)``) and their cron expressions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 from croniter import croniter
 from tests.conftest import make_settings
 
-from cocov_jobs.queue import resolve
-from cocov_jobs.schedules import PERIODIC, cron_every, periodic_schedules
+from cocov_jobs import jobs
+from cocov_jobs.engine.schedules import cron_every, periodic_schedules
+
+PERIODIC = {"update_organization_repos", "reconcile_stuck_work", "prune_history"}
 
 
 @pytest.mark.parametrize(
@@ -35,16 +37,16 @@ def test_cron_every_refuses_a_non_positive_period() -> None:
 
 def test_periodic_jobs_come_from_settings_and_zero_disables() -> None:
     settings = make_settings(org_repos_refresh_minutes=0, reconcile_minutes=5, prune_minutes=0)
-    assert periodic_schedules(settings) == {"reconcile_stuck_work": "*/5 * * * *"}
-    defaults = periodic_schedules(make_settings(github_app_id="1"))
-    assert set(defaults) == set(PERIODIC)
+    assert periodic_schedules(jobs.registry(), settings) == {"reconcile_stuck_work": "*/5 * * * *"}
+    defaults = periodic_schedules(jobs.registry(), make_settings(github_app_id="1"))
+    assert set(defaults) == PERIODIC
 
 
 def test_github_jobs_wait_for_the_app() -> None:
-    without_app = periodic_schedules(make_settings(github_app_id=""))
-    assert set(without_app) == set(PERIODIC) - {"update_organization_repos"}
+    without_app = periodic_schedules(jobs.registry(), make_settings(github_app_id=""))
+    assert set(without_app) == PERIODIC - {"update_organization_repos"}
 
 
 def test_every_periodic_job_is_registered_without_arguments() -> None:
     for name in PERIODIC:
-        assert resolve(name).params == ()
+        assert jobs.registry().resolve(name).params == ()

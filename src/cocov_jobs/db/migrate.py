@@ -19,13 +19,15 @@ from pgqueuer.db import AsyncpgDriver
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cocov_jobs.admin import INDEXES as ADMIN_INDEXES
 from cocov_jobs.db.session import asyncpg_dsn
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Advisory lock key serializing concurrent ``db upgrade`` runs.
 UPGRADE_LOCK_KEY = 0x636F636F76  # "cocov"
 VERSION_TABLE = "cocov_jobs_alembic_version"
+#: Indexes the job lists (dashboard, ``jobs list``) need on PgQueuer's table, created after
+#: PgQueuer installs it: every keyset page by state is an index range scan.
+QUEUE_INDEXES = "CREATE INDEX IF NOT EXISTS cocov_jobs_pgqueuer_status_id ON pgqueuer (status, id)"
 
 
 def alembic_config() -> Config:
@@ -62,7 +64,7 @@ async def upgrade(engine: AsyncEngine, url: str) -> None:
             await queries.upgrade()
         else:
             await queries.install()
-        await raw.execute(ADMIN_INDEXES)
+        await raw.execute(QUEUE_INDEXES)
     finally:
         await raw.close()
 

@@ -1,10 +1,12 @@
 """Engine and session factory: the one way to reach PostgreSQL (SQLAlchemy 2 on asyncpg).
 
-Transactional enqueue (queue.enqueue) runs on the same asyncpg connection as the session.
+Transactional enqueue (:func:`cocov_jobs.engine.queue.enqueue`) runs on the same asyncpg
+connection as the session.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.ext.asyncio import (
@@ -45,5 +47,8 @@ def create_engine(
     )
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def session_factory(
+    engine: AsyncEngine, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on ``engine``; each starts with a copy of ``info`` in ``Session.info``."""
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)

@@ -13,7 +13,7 @@ Rules:
   lock :data:`TOKEN_LOCK` (``SET NX PX`` :data:`LOCK_TTL`, released by compare-and-delete). A
   caller that finds the lock taken polls the cache every :data:`LOCK_POLL_INTERVAL` seconds and
   takes the lock itself if it frees up; after :data:`LOCK_WAIT` seconds it gives up with a
-  :class:`~cocov_jobs.errors.TransientError`.
+  :class:`~cocov_jobs.engine.retry.TransientError`.
 * :meth:`InstallationTokenProvider.invalidate` drops the cached token after GitHub rejected it
   (401), only if the cache still holds that very token; the client then retries once.
 * A user token is used as given and never retried: a 401 means the user must log in again.
@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
-from cocov_jobs.errors import TransientError
+from cocov_jobs.engine.retry import TransientError
 from cocov_jobs.github.errors import classify, transport_error
 from cocov_jobs.github.http import API_HEADERS, DEFAULT_TIMEOUT
 

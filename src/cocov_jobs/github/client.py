@@ -6,7 +6,7 @@ Rules:
   ``https://ghe.example/api/v3`` works: paths are joined below it) with the headers of
   :mod:`cocov_jobs.github.http` and ``Authorization: Bearer <token>``.
 * Failures raise the classes of :mod:`cocov_jobs.github.errors`; rate limits raise a
-  :class:`~cocov_jobs.errors.Deferred` at once: the client never sleeps.
+  :class:`~cocov_jobs.engine.retry.Deferred` at once: the client never sleeps.
 * A 401 with the installation token drops the cached token, mints another and retries the
   request once; a user token is not retried.
 * Lists are read with ``per_page=100``, following ``Link: rel="next"``. A next URL must stay on

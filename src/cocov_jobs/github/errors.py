@@ -1,13 +1,13 @@
 """GitHub answers mapped to the engine's retry classes (:mod:`cocov_jobs.errors`).
 
 * 403 or 429 with ``X-RateLimit-Remaining: 0`` (primary rate limit) → :class:`GitHubRateLimited`
-  (a :class:`~cocov_jobs.errors.Deferred`): run again once the limit resets.
+  (a :class:`~cocov_jobs.engine.retry.Deferred`): run again once the limit resets.
 * 403 or 429 with ``Retry-After`` or a body mentioning "secondary rate limit", and any other 429
   (secondary rate limit) → :class:`GitHubRateLimited`: run again after the advertised wait.
 * Any other 4xx except 408 (401, 403, 404, 409, 422, …) → :class:`GitHubError`
-  (a :class:`~cocov_jobs.errors.PermanentError`): the job finishes with the reason recorded.
+  (a :class:`~cocov_jobs.engine.retry.PermanentError`): the job finishes with the reason recorded.
 * 5xx, 408, timeouts and connection errors → :class:`GitHubUnavailable`
-  (a :class:`~cocov_jobs.errors.TransientError`): retried with backoff.
+  (a :class:`~cocov_jobs.engine.retry.TransientError`): retried with backoff.
 
 * Primary limit delay: ``X-RateLimit-Reset − now + RESET_MARGIN`` seconds (at least the margin).
 * Secondary limit delay: ``Retry-After`` (seconds or an HTTP date), else
@@ -26,7 +26,7 @@ from typing import Literal
 
 import httpx
 
-from cocov_jobs.errors import Deferred, JobError, PermanentError, TransientError
+from cocov_jobs.engine.retry import Deferred, JobError, PermanentError, TransientError
 
 #: Seconds added to ``X-RateLimit-Reset`` before running again (clock drift, reset rounding).
 RESET_MARGIN = 1.0

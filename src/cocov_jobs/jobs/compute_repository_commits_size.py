@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 
 from cocov_jobs.db.models import Commit, Repository, utc_now
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 
 @job(lock="commits-size:{repository_id}", dedupe="{repository_id}")

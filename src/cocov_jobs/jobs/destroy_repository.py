@@ -22,9 +22,9 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs import queue
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 _LOCK_REPOSITORY = text("SELECT name FROM repositories WHERE id = :repository_id FOR UPDATE")
 

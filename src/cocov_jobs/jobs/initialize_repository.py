@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs.errors import PermanentError, TransientError
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
+from cocov_jobs.engine.retry import PermanentError, TransientError
 from cocov_jobs.registration import register_head_commit
 
 _STATE = """

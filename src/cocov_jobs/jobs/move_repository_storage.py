@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 from cocov_jobs.gitstore import storage_from_settings
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
 
 _CURRENT_NAME = text(
     "SELECT name, EXISTS (SELECT 1 FROM repositories other"

@@ -17,8 +17,8 @@ from cocov_jobs.checks import COVERAGE_CONTEXT, CommitStatus, commit_url, post_s
 from cocov_jobs.clones import load_commit
 from cocov_jobs.coverage import coverage_description
 from cocov_jobs.db.models import Commit, CoverageInfo, CoverageStatus
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 
 @job(dedupe="{commit_id}")

@@ -21,8 +21,8 @@ from sqlalchemy import func, select, update
 from cocov_jobs.checks import notify_check_fatal_failure, run_checks
 from cocov_jobs.clones import CommitFetchFailed, ensure_cloned, load_commit
 from cocov_jobs.db.models import Commit, UserEmail, utc_now
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 from cocov_jobs.services import Services
 
 

@@ -30,10 +30,10 @@ from cocov_jobs.clones import CommitRef, ensure_cloned, find_commit, read_manife
 from cocov_jobs.coverage import CoverageReport, summarize
 from cocov_jobs.coverage_results import CoverageTarget, record_coverage, set_coverage_status
 from cocov_jobs.db.models import CoverageStatus
-from cocov_jobs.errors import PermanentError
-from cocov_jobs.jobs.context import JobContext
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
+from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.manifest import InvalidManifestError, Manifest
-from cocov_jobs.queue import job
 
 #: Rejected files named in the job's log (all of them are stored).
 MAX_LOGGED_REJECTIONS: Final = 20

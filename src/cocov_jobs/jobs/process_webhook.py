@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
-from cocov_jobs.web.github_events import apply_event
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
+from cocov_jobs.github_events import apply_event
 
 
 @job()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 # Webhook deliveries only need to outlive GitHub's redelivery window (a few days).
 _DELIVERIES = text(
@@ -23,7 +23,7 @@ _JOB_LOG = text(
 )
 
 
-@job(lock="prune-history", dedupe="")
+@job(lock="prune-history", dedupe="", every=lambda s: s.prune_minutes)
 async def prune_history(ctx: JobContext) -> None:
     """Delete webhook deliveries and finished jobs' log rows older than the retention.
 

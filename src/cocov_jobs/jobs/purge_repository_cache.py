@@ -11,8 +11,8 @@ finds the marker. Repository ids are never reused, so the id is the idempotency 
 from __future__ import annotations
 
 from cocov_jobs import contracts
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 #: Seconds the marker lives: far longer than a job can keep retrying.
 PURGE_MARKER_TTL = 30 * 24 * 3600

@@ -19,11 +19,11 @@ from typing import Final
 
 from sqlalchemy import text
 
-from cocov_jobs import queue
 from cocov_jobs.checks_dispatch import descriptor_waiting
 from cocov_jobs.db.models import CheckSetStatus, CloneStatus
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 #: Minutes without progress after which work counts as stuck.
 STUCK_AFTER_MINUTES: Final = 15
@@ -54,7 +54,7 @@ _STUCK = text(
 )
 
 
-@job(lock="reconcile-stuck-work", dedupe="sweep")
+@job(lock="reconcile-stuck-work", dedupe="sweep", every=lambda s: s.reconcile_minutes)
 async def reconcile_stuck_work(ctx: JobContext) -> None:
     """Re-enqueue ``process_commit`` for commits whose clone or checks are stuck."""
     params = {

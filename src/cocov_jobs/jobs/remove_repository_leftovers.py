@@ -19,8 +19,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from cocov_jobs import contracts
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 #: Keys asked per SCAN call and deleted per DEL.
 SCAN_BATCH = 500

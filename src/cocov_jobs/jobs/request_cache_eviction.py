@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs import contracts
 from cocov_jobs.db.models import CacheArtifact, Repository
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 #: Seconds after which an unanswered eviction request no longer blocks a new one.
 IN_FLIGHT_TTL = 3600

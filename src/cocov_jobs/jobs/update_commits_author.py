@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, update
 
 from cocov_jobs.db.models import Commit, UserEmail, utc_now
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 
 @job(dedupe="{user_id}")

@@ -34,8 +34,9 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 
 from cocov_jobs import contracts
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
+from cocov_jobs.config import Settings
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 
 #: Status value of a complete listing.
 PRESENT = "present"
@@ -54,7 +55,12 @@ return 2
 """
 
 
-@job(lock="organization-repos", dedupe="organization")
+def _every(settings: Settings) -> int:
+    """``COCOV_ORG_REPOS_REFRESH_MINUTES``, once the GitHub App is configured."""
+    return settings.org_repos_refresh_minutes if settings.github_app_id else 0
+
+
+@job(lock="organization-repos", dedupe="organization", every=_every)
 async def update_organization_repos(ctx: JobContext) -> None:
     """List and cache the organization's repositories (Cocov's db1 keys, see module docstring)."""
     cache = ctx.services.cache_redis

@@ -22,9 +22,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
 from cocov_jobs.github import level_from_github
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
 
 _GITHUB_ID = text("SELECT github_id FROM repositories WHERE id = :repository_id")
 

@@ -23,10 +23,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from cocov_jobs.errors import PermanentError
+from cocov_jobs.engine.context import JobContext
+from cocov_jobs.engine.registry import job
+from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.github import GitHubError, level_from_github
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import job
 
 #: GitHub's answer to a revoked or expired OAuth token.
 UNAUTHORIZED = 401

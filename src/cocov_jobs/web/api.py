@@ -11,7 +11,7 @@ Every route needs ``Authorization: bearer <service token>`` (:mod:`~cocov_jobs.w
   path enqueues (reference §5.4), see :data:`EVENT_JOBS`. 202 ``{"jobs": {<job>: <id|null>}}``;
   404 ``events.unknown`` / ``users.not_found``; 422 ``events.invalid_arguments``.
 * ``GET /v1/jobs/{id}`` — 200 ``{"id", "job", "state", "attempts", "error"}``: ``job`` the
-  task name; ``state`` one of :data:`cocov_jobs.admin.STATES` while the job is in the queue,
+  task name; ``state`` one of :data:`cocov_jobs.engine.admin.STATES` while the job is in the queue,
   else its last log status (``successful``, ``exception``, ``canceled``, ``deleted``);
   ``attempts`` the runs started so far; ``error`` ``{"type", "message"}`` of the last recorded
   failure, or null. 404 ``jobs.not_found``.
@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cocov_jobs import admin, queue
+from cocov_jobs.engine import admin, queue
+from cocov_jobs.engine.registry import JobArgumentsError, JobDefinition, UnknownJobError
 from cocov_jobs.services import Services
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
@@ -55,20 +56,20 @@ async def _authenticate(services: Services, request: Request) -> auth.ServiceCal
         return await auth.service_token(session, request)
 
 
-def _definition(name: str) -> queue.JobDefinition:
+def _definition(services: Services, name: str) -> JobDefinition:
     try:
-        return queue.resolve(name)
-    except queue.UnknownJobError as exc:
+        return services.registry.resolve(name)
+    except UnknownJobError as exc:
         raise ApiError(404, "jobs.unknown", str(exc)) from None
 
 
 async def enqueue_job(request: Request) -> Response:
     services: Services = request.app.state.services
     await _authenticate(services, request)
-    definition = _definition(request.path_params["job"])
+    definition = _definition(services, request.path_params["job"])
     try:
         values = definition.validate(await _arguments(request))
-    except queue.JobArgumentsError as exc:
+    except JobArgumentsError as exc:
         raise ApiError(422, "jobs.invalid_arguments", str(exc)) from None
     async with services.sessions.begin() as session:
         job_id = await queue.enqueue(session, definition.name, **values)
@@ -90,8 +91,8 @@ async def report_event(request: Request) -> Response:
     if jobs is None:
         raise ApiError(404, "events.unknown", f"Unknown event; known: {', '.join(EVENT_JOBS)}")
     try:
-        values = queue.resolve(jobs[0]).validate(await _arguments(request))
-    except queue.JobArgumentsError as exc:
+        values = services.registry.resolve(jobs[0]).validate(await _arguments(request))
+    except JobArgumentsError as exc:
         raise ApiError(422, "events.invalid_arguments", str(exc)) from None
     async with services.sessions.begin() as session:
         if not await _user_exists(session, values["user_id"]):

@@ -1,5 +1,5 @@
 """The operator dashboard at ``/dashboard``: server-rendered pages and actions over
-:mod:`cocov_jobs.admin`.
+:mod:`cocov_jobs.engine.admin`.
 
 Authentication
 ==============
@@ -14,7 +14,7 @@ Every POST form carries a CSRF token that must equal the ``SameSite=Strict`` CSR
 (double submit); requests authenticated by the bearer header need none (no ambient credential).
 
 Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers),
-one list per state (keyset pages of :data:`~cocov_jobs.admin.PAGE_SIZE`), a job's history,
+one list per state (keyset pages of :data:`~cocov_jobs.engine.admin.PAGE_SIZE`), a job's history,
 periodic schedules, workers. Actions: retry, cancel, delete, retry all failed, run a periodic
 job now.
 """
@@ -35,8 +35,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from cocov_jobs import admin
 from cocov_jobs.config import Settings
+from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.chart import runs_chart

@@ -1,7 +1,7 @@
 """``GET /metrics`` (Prometheus text format) and the middleware counting HTTP requests.
 
-The scrape refreshes the gauges of :mod:`cocov_jobs.metrics` with one SQL query, then renders
-the process's :data:`~cocov_jobs.metrics.REGISTRY`. Requests are counted by route *template*
+The scrape refreshes the gauges of :mod:`cocov_jobs.engine.metrics` with one SQL query, then renders
+the process's :data:`~cocov_jobs.engine.metrics.REGISTRY`. Requests are counted by route *template*
 (``/dashboard/jobs/{job_id}``, not the id), so the label set stays small; unmatched paths
 count as ``<unmatched>``.
 """
@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cocov_jobs import metrics
+from cocov_jobs.engine import metrics
 
 #: Route label of requests no route matched.
 UNMATCHED = "<unmatched>"

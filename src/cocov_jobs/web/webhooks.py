@@ -14,7 +14,7 @@ Checks, in this order; nothing is written when one fails:
 
 Then, in **one** transaction, the delivery is recorded in ``cocov_jobs_webhook_deliveries``
 (``INSERT … ON CONFLICT DO NOTHING`` on the delivery id) and, when it is new, every rule of the
-handler table (:mod:`~cocov_jobs.web.github_events`) is applied. The answer is sent after the
+handler table (:mod:`~cocov_jobs.github_events`) is applied. The answer is sent after the
 commit:
 
 * 202 ``{"outcome": "applied"}`` — recorded, effects written and jobs enqueued;
@@ -46,11 +46,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cocov_jobs import queue
+from cocov_jobs.engine import queue
+from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
 from cocov_jobs.web.errors import ApiError
-from cocov_jobs.web.github_events import MalformedPayload, apply_event, event_action
 
 log = structlog.get_logger(__name__)
 

@@ -26,7 +26,7 @@ from pgqueuer.errors import RetryRequested
 from pgqueuer.models import Job
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from cocov_jobs import admin
+from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 
 #: This process's metrics (the worker and web server of ``run`` share it).

@@ -1,4 +1,5 @@
-"""Worker process: runs jobs from PgQueuer with the retry policy of :mod:`cocov_jobs.queue`.
+"""Worker process: runs the registry's jobs from PgQueuer, with the retry policy of
+:mod:`cocov_jobs.engine.retry`.
 
 Shutdown, as Sidekiq documents it
 =================================
@@ -37,19 +38,12 @@ from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
 from pgqueuer.sm import SchedulerManager
 
-from cocov_jobs import metrics
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.errors import PermanentError
-from cocov_jobs.jobs.context import JobContext
-from cocov_jobs.queue import (
-    REGISTRY,
-    RetryNotCounted,
-    RetryPolicy,
-    enqueue,
-    execute,
-    known_job_names,
-)
-from cocov_jobs.schedules import periodic_schedules
+from cocov_jobs.engine import metrics
+from cocov_jobs.engine.context import JobContext, RetryJob, execute
+from cocov_jobs.engine.queue import enqueue
+from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
+from cocov_jobs.engine.schedules import periodic_schedules
 from cocov_jobs.services import Services
 
 log = structlog.get_logger(__name__)
@@ -97,7 +91,13 @@ WHERE (status = 'queued' AND execute_after <= NOW() + $1::interval) OR status = 
 
 @dataclasses.dataclass
 class _Queries(Queries):
-    """PgQueuer's queries, with re-queues that do not use up an attempt."""
+    """PgQueuer's queries, with re-queues that do not use up an attempt.
+
+    ``uncounted`` holds the ids of jobs whose retry decision was not counted (the worker adds
+    them when a run ends with such a decision; PgQueuer passes us only the job).
+    """
+
+    uncounted: set[int] = dataclasses.field(default_factory=set)
 
     async def retry_job(self, job: Job, delay: timedelta, traceback_record: Any) -> None:
         """Re-queue ``job``; when PostgreSQL cannot be reached, leave it picked.
@@ -107,9 +107,7 @@ class _Queries(Queries):
         (at least once, as for a killed worker).
         """
         try:
-            if traceback_record is not None and traceback_record.exception_type == (
-                RetryNotCounted.__name__
-            ):
+            if job.id in self.uncounted:
                 await self.driver.execute(
                     _REQUEUE_NOT_COUNTED, job.id, delay, traceback_record.model_dump_json()
                 )
@@ -119,6 +117,8 @@ class _Queries(Queries):
             log.warning(
                 "retry not recorded; the job will be picked again", job_id=job.id, error=repr(exc)
             )
+        finally:
+            self.uncounted.discard(job.id)
 
 
 class Worker:
@@ -140,11 +140,6 @@ class Worker:
         self.burst_horizon = timedelta(seconds=burst_horizon)
         self.shutdown_timeout = settings.shutdown_timeout
         self.heartbeat_timeout = timedelta(seconds=settings.heartbeat_timeout)
-        self.policy = RetryPolicy(
-            max_attempts=settings.max_attempts,
-            base_delay=settings.retry_base_seconds,
-            max_delay=settings.retry_max_seconds,
-        )
         self.id = str(uuid.uuid4())
         self._stop = asyncio.Event()
         self._quiet = False
@@ -154,6 +149,8 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._pool: asyncpg.Pool | None = None
         self._qm: QueueManager | None = None
+        #: Jobs whose current run ended with a retry that uses no attempt (see ``_Queries``).
+        self._uncounted: set[int] = set()
 
     # Control -----------------------------------------------------------------------------------
 
@@ -182,7 +179,6 @@ class Worker:
     # Main loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        known_job_names()  # import and register every job
         self._pool = await self._create_pool()
         qm = self._queue_manager()
         self.id = str(qm.queue_manager_id)  # running jobs name their worker by this id
@@ -221,9 +217,9 @@ class Worker:
     def _queue_manager(self) -> QueueManager:
         """A PgQueuer queue manager on our pool with every job registered."""
         assert self._pool is not None
-        qm = QueueManager(_Queries(AsyncpgPoolDriver(self._pool)))
-        for name in REGISTRY:
-            qm.entrypoint(name, on_failure="hold", accepts_context=False)(self._entry)
+        qm = QueueManager(_Queries(AsyncpgPoolDriver(self._pool), uncounted=self._uncounted))
+        for definition in self.services.registry:
+            qm.entrypoint(definition.name, on_failure="hold", accepts_context=False)(self._entry)
         self._qm = qm
         return qm
 
@@ -294,11 +290,14 @@ class Worker:
         try:
             with scope:
                 await inner
+        except RetryJob as retry:
+            if not retry.decision.counted:
+                self._uncounted.add(job.id)
+            raise
         except asyncio.CancelledError:
             if inner.cancelled() and self._interrupting:
-                raise RetryNotCounted(
-                    delay=timedelta(0), reason="worker shut down before the job finished"
-                ) from None
+                self._uncounted.add(job.id)
+                raise RetryJob(INTERRUPTED) from None
             raise
         finally:
             self._running.pop(job.id, None)
@@ -309,7 +308,7 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         assert self._pool is not None
-        definition = REGISTRY[job.entrypoint]
+        definition = self.services.registry.resolve(job.entrypoint)
         if definition.dedupe is not None:
             # Release the key: a request arriving during this run queues exactly one more run.
             await self._pool.execute("UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1", job.id)
@@ -334,9 +333,8 @@ class Worker:
                 attempts=job.attempts,
                 lock_pool=self._pool,
                 log=bound,
-                policy=self.policy,
             )
-            await execute(definition, ctx, args, self.policy)
+            await execute(definition, ctx, args)
 
     # Bookkeeping -------------------------------------------------------------------------------
 
@@ -385,13 +383,13 @@ class Worker:
                 log.warning("worker heartbeat failed", error=str(exc))
 
     async def _schedule(self) -> None:
-        """Enqueue the periodic jobs (:mod:`cocov_jobs.schedules`) when due.
+        """Enqueue the periodic jobs (:mod:`cocov_jobs.engine.schedules`) when due.
 
         PgQueuer's schedules table makes each tick fire once across all workers; the job's
         dedupe key keeps at most one waiting copy if ticks outpace the runs.
         """
         assert self._pool is not None
-        schedules = periodic_schedules(self.services.settings)
+        schedules = periodic_schedules(self.services.registry, self.services.settings)
         if not schedules:
             return
         while True:  # on a new pool after PostgreSQL went away (see _run_queue)

@@ -23,7 +23,8 @@ Actions
 * **delete** — any job that is not running is deleted with a ``deleted`` log row.
 
 Lists page by keyset on ``id`` (newest first): ``before`` is the last id of the previous page.
-The ``(status, id)`` index of :data:`INDEXES` keeps every page an index range scan.
+The ``(status, id)`` index (:data:`cocov_jobs.db.migrate.QUEUE_INDEXES`) keeps every page an
+index range scan.
 """
 
 from __future__ import annotations
@@ -40,15 +41,13 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.queries import Queries
 from pgqueuer.types import JobId
 
-from cocov_jobs import queue
+from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 
 #: The states a listed job can be in (see the module docstring).
 STATES = ("queued", "scheduled", "retrying", "running", "failed")
 #: Jobs per page of a list.
 PAGE_SIZE = 50
-#: Indexes our pages need on PgQueuer's table (created after PgQueuer installs it).
-INDEXES = "CREATE INDEX IF NOT EXISTS cocov_jobs_pgqueuer_status_id ON pgqueuer (status, id)"
 #: A worker heartbeat older than this many seconds does not count as alive.
 WORKER_ALIVE_SECONDS = 30
 
@@ -258,7 +257,7 @@ async def list_jobs(
     """Jobs in ``state`` (any when ``None``) of ``job``, newest first, ids below ``before``."""
     if state not in _STATE_FILTER:
         raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
-    entrypoint = queue.resolve(job).name if job else None
+    entrypoint = services.registry.resolve(job).name if job else None
     async with _connection(services) as conn:
         rows = await conn.fetch(
             _LIST.format(filter=_STATE_FILTER[state]), entrypoint, before, limit

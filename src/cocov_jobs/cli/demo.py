@@ -51,12 +51,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from sqlalchemy import text
 
-from cocov_jobs import admin, contracts, queue
-from cocov_jobs.config import Settings
-from cocov_jobs.crypto import KEY_SIZE, new_service_token, service_token_digest
-from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.models import CheckSetStatus, CloneStatus, CoverageStatus, MemberLevel
-from cocov_jobs.demo_sample import (
+from cocov_jobs import contracts
+from cocov_jobs.cli.demo_sample import (
     AUTHOR,
     AUTHOR_LOGIN,
     BRANCH,
@@ -70,11 +66,16 @@ from cocov_jobs.demo_sample import (
     Sample,
     coverage_data,
 )
+from cocov_jobs.config import Settings
+from cocov_jobs.crypto import KEY_SIZE, new_service_token, service_token_digest
+from cocov_jobs.db.migrate import upgrade
+from cocov_jobs.db.models import CheckSetStatus, CloneStatus, CoverageStatus, MemberLevel
 from cocov_jobs.embedded import Stores
+from cocov_jobs.engine import admin, queue
+from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
 from cocov_jobs.web.app import create_app
-from cocov_jobs.worker import Worker
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

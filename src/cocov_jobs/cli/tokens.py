@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import insert, select
 
+from cocov_jobs.cli.common import fail, load, run_async
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.db.models import ServiceToken, User, utc_now
 from cocov_jobs.embedded import Stores
@@ -26,10 +27,7 @@ def create(
     owner: Annotated[int, typer.Option(help="users.id of the token's owner.")],
 ) -> None:
     """Create a service token and print it (only its digest is stored)."""
-    # cli imports this module to register the command group: import it when the command runs.
-    from cocov_jobs import cli
-
-    settings = cli._settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> str | None:
         token = new_service_token()
@@ -47,7 +45,7 @@ def create(
             )
         return token
 
-    token = cli._run_async(settings, body)
+    token = run_async(settings, body)
     if token is None:
-        raise cli._fail(f"no user with id {owner}")
+        raise fail(f"no user with id {owner}")
     typer.echo(token)

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import structlog
 import typer
 import uvicorn
-from rich.console import Console
 from rich.table import Table
 
-from cocov_jobs import admin, demo, demo_sample, logs, queue
-from cocov_jobs.cli_tokens import tokens_app
-from cocov_jobs.config import Settings, SettingsError, load_settings
+from cocov_jobs import jobs
+from cocov_jobs.cli import demo, demo_sample
+from cocov_jobs.cli.common import (
+    console,
+    fail,
+    load,
+    log,
+    make_server,
+    run_async,
+    run_with_services,
+    serve_with_worker,
+)
+from cocov_jobs.cli.tokens import tokens_app
 from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.embedded import EmbeddedError, Stores, stores
-from cocov_jobs.queue import JobArgumentsError, UnknownJobError, resolve
-from cocov_jobs.services import Services, open_services
+from cocov_jobs.embedded import Stores
+from cocov_jobs.engine import admin
+from cocov_jobs.engine.queue import enqueue as enqueue_job
+from cocov_jobs.engine.registry import JobArgumentsError, UnknownJobError
+from cocov_jobs.engine.worker import Worker
+from cocov_jobs.services import Services
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
-from cocov_jobs.worker import Worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -37,93 +45,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(tokens_app, name="tokens")
 
-log = structlog.get_logger("cocov_jobs")
-#: Tables keep whole rows when piped (rich would wrap at 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 200)
-T = TypeVar("T")
-
-#: Exit status for usage errors (unknown job, wrong arguments, bad configuration).
-EXIT_USAGE = 2
 #: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
 #: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
 BURST_HORIZON = 5.0
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    typer.echo(f"cocov-jobs: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise _fail(str(exc)) from None
-    logs.configure(settings.log_format, settings.log_level)
-    return settings
-
-
-@contextlib.contextmanager
-def _stores(settings: Settings) -> Iterator[Stores]:
-    try:
-        with stores(
-            database_url=settings.configured_database_url,
-            redis_url=settings.redis_url,
-            redis_cache_url=settings.redis_cache_url,
-            data_dir=settings.data_dir,
-        ) as found:
-            if found.embedded:
-                log.warning(
-                    "using embedded stores",
-                    embedded=found.embedded,
-                    data_dir=str(settings.data_dir.resolve()),
-                )
-            yield found
-    except EmbeddedError as exc:
-        raise _fail(str(exc), 1) from None
-
-
-@contextlib.asynccontextmanager
-async def _services(settings: Settings, found: Stores) -> AsyncIterator[Services]:
-    async with open_services(
-        settings,
-        database_url=found.database_url,
-        redis_url=found.redis_url,
-        redis_cache_url=found.redis_cache_url,
-    ) as services:
-        yield services
-
-
-def _run_async(settings: Settings, body: Callable[[Services, Stores], Awaitable[T]]) -> T:
-    """Start the stores, open the services and run ``body`` in an event loop."""
-
-    async def main(found: Stores) -> T:
-        async with _services(settings, found) as services:
-            return await body(services, found)
-
-    with _stores(settings) as found:
-        return asyncio.run(main(found))
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the worker owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def _server(app_: Any, host: str, port: int) -> _Server:
-    return _Server(uvicorn.Config(app_, host=host, port=port, log_config=None, lifespan="off"))
-
-
-async def _serve_with_worker(worker: Worker, server: _Server) -> None:
-    web = asyncio.create_task(server.serve())
-    try:
-        await worker.run()
-    finally:
-        server.should_exit = True
-        await web
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -135,21 +59,21 @@ def run(
     port: Annotated[int | None, typer.Option(help="Web port.")] = None,
 ) -> None:
     """Worker, web server and scheduler in one process (migrates the schema first)."""
-    settings = _settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> None:
         await upgrade(services.engine, found.database_url)
         worker = Worker(services)
         worker.install_signal_handlers()
-        server = _server(
+        server = make_server(
             create_app(services, expect_worker=True),
             host or settings.web_host,
             port if port is not None else settings.web_port,
         )
         log.info("web listening", host=server.config.host, port=server.config.port)
-        await _serve_with_worker(worker, server)
+        await serve_with_worker(worker, server)
 
-    _run_async(settings, body)
+    run_async(settings, body)
 
 
 @app.command()
@@ -163,7 +87,7 @@ def worker(
     ] = False,
 ) -> None:
     """Run jobs (with Cocov's Sidekiq probe server unless --burst)."""
-    settings = _settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> None:
         if found.embedded:
@@ -173,12 +97,12 @@ def worker(
         if burst:
             await w.run()
             return
-        probes = _server(
+        probes = make_server(
             create_probe_app(services), settings.sidekiq_probe_address, settings.sidekiq_probe_port
         )
-        await _serve_with_worker(w, probes)
+        await serve_with_worker(w, probes)
 
-    _run_async(settings, body)
+    run_async(settings, body)
 
 
 @app.command()
@@ -187,7 +111,7 @@ def web(
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
     """Serve HTTP only (webhooks, uploads, API, probes)."""
-    settings = _settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> None:
         if found.embedded:
@@ -203,18 +127,18 @@ def web(
         )
         await server.serve()
 
-    _run_async(settings, body)
+    run_async(settings, body)
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or update the schema (idempotent)."""
-    settings = _settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> None:
         await upgrade(services.engine, found.database_url)
 
-    _run_async(settings, body)
+    run_async(settings, body)
     typer.echo("schema up to date")
 
 
@@ -235,22 +159,22 @@ def enqueue(
 ) -> None:
     """Enqueue a job and print its id."""
     try:
-        definition = resolve(job_name)
+        definition = jobs.registry().resolve(job_name)
         if data_file is not None:
             _enqueue_upload(definition.name, args or [], data_file)
             return
         values = definition.validate_positional(args or [])
     except UnknownJobError as exc:
-        raise _fail(f"{exc}\nusage: cocov-jobs enqueue JOB [ARGS]...") from None
+        raise fail(f"{exc}\nusage: cocov-jobs enqueue JOB [ARGS]...") from None
     except JobArgumentsError as exc:
-        raise _fail(f"{exc}\nusage: cocov-jobs enqueue {definition.usage()}") from None
-    settings = _settings()
+        raise fail(f"{exc}\nusage: cocov-jobs enqueue {definition.usage()}") from None
+    settings = load()
 
     async def body(services: Services, found: Stores) -> int | None:
         async with services.sessions.begin() as session:
-            return await queue.enqueue(session, definition.name, **values)
+            return await enqueue_job(session, definition.name, **values)
 
-    job_id = _run_async(settings, body)
+    job_id = run_async(settings, body)
     typer.echo(job_id if job_id is not None else "already queued (deduplicated)")
 
 
@@ -258,9 +182,9 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
     """``enqueue process-coverage REPO_ID SHA --data-file F`` (see :mod:`cocov_jobs.uploads`)."""
     usage = "usage: cocov-jobs enqueue process-coverage REPO_ID SHA --data-file FILE"
     if name != "process_coverage" or len(args) != 2 or not args[0].isdigit():
-        raise _fail(f"--data-file takes a repository id and a commit sha\n{usage}")
+        raise fail(f"--data-file takes a repository id and a commit sha\n{usage}")
     repository_id, sha = int(args[0]), args[1]
-    settings = _settings()
+    settings = load()
 
     async def body(services: Services, found: Stores) -> StoredUpload:
         async with services.sessions.begin() as session:
@@ -269,22 +193,13 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
             )
 
     try:
-        stored = _run_async(settings, body)
+        stored = run_async(settings, body)
     except UploadError as exc:
-        raise _fail(f"{exc}\n{usage}") from None
+        raise fail(f"{exc}\n{usage}") from None
     if stored.deferred:
         typer.echo(f"held until commit {sha} is registered (two hours at most)")
     else:
         typer.echo(stored.job_id)
-
-
-def _admin(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
-    """Run one :mod:`cocov_jobs.admin` call against the configured stores."""
-
-    async def body(services: Services, found: Stores) -> T:
-        return await action(services)
-
-    return _run_async(settings, body)
 
 
 @jobs_app.command("list")
@@ -297,11 +212,14 @@ def jobs_list(
 ) -> None:
     """Jobs waiting, running and failed: id, job, arguments, state, attempts, last error."""
     if state is not None and state not in admin.STATES:
-        raise _fail(f"unknown state {state!r}; one of {', '.join(admin.STATES)}")
+        raise fail(f"unknown state {state!r}; one of {', '.join(admin.STATES)}")
     if job:
-        resolve(job)  # unknown names are a usage error before touching the stores
-    settings = _settings()
-    rows = _admin(
+        try:  # unknown names are a usage error before touching the stores
+            jobs.registry().resolve(job)
+        except UnknownJobError as exc:
+            raise fail(str(exc)) from None
+    settings = load()
+    rows = run_with_services(
         settings,
         lambda s: admin.list_jobs(s, state=state, job=job, before=before, limit=limit),
     )
@@ -326,9 +244,9 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """One job: arguments, state, attempts and its whole history with tracebacks."""
-    detail = _admin(_settings(), lambda s: admin.show_job(s, job_id))
+    detail = run_with_services(load(), lambda s: admin.show_job(s, job_id))
     if detail is None:
-        raise _fail(f"no job {job_id}", 1)
+        raise fail(f"no job {job_id}", 1)
     if detail.row is not None:
         r = detail.row
         console.print(f"[bold]job {r.id}[/bold] {r.job} {json.dumps(r.arguments)}")
@@ -354,30 +272,30 @@ def jobs_retry(
 ) -> None:
     """Put a failed job back in the queue (attempts reset), or make a waiting one due now."""
     if (job_id is None) == (not all_failed):
-        raise _fail("give a job ID or --all-failed (not both)")
-    settings = _settings()
+        raise fail("give a job ID or --all-failed (not both)")
+    settings = load()
     if all_failed:
-        count = _admin(settings, admin.retry_all_failed)
+        count = run_with_services(settings, admin.retry_all_failed)
         typer.echo(f"{count} failed job(s) queued again")
         return
     assert job_id is not None
-    if not _admin(settings, lambda s: admin.retry(s, job_id)):
-        raise _fail(f"job {job_id} is not failed or waiting", 1)
+    if not run_with_services(settings, lambda s: admin.retry(s, job_id)):
+        raise fail(f"job {job_id} is not failed or waiting", 1)
     typer.echo(f"job {job_id} queued")
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
     """Cancel a waiting job (deleted) or a running one (its worker interrupts it)."""
-    if not _admin(_settings(), lambda s: admin.cancel(s, job_id)):
-        raise _fail(f"job {job_id} is not waiting or running", 1)
+    if not run_with_services(load(), lambda s: admin.cancel(s, job_id)):
+        raise fail(f"job {job_id} is not waiting or running", 1)
     typer.echo(f"job {job_id} canceled")
 
 
 @app.command()
 def stats() -> None:
     """Jobs by state and job, runs of the last hour, workers."""
-    result = _admin(_settings(), admin.stats)
+    result = run_with_services(load(), admin.stats)
     table = Table("job", *admin.STATES)
     for name, counts in sorted(result.by_job.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in admin.STATES))
@@ -406,7 +324,7 @@ def stats() -> None:
 def quiet() -> None:
     """Tell this host's worker processes to stop fetching jobs (SIGTSTP); they keep running."""
     host = socket.gethostname()
-    pids = [w["pid"] for w in _admin(_settings(), admin.workers) if w["host"] == host]
+    pids = [w["pid"] for w in run_with_services(load(), admin.workers) if w["host"] == host]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTSTP)
@@ -428,7 +346,7 @@ def demo_command(
     ] = True,
 ) -> None:
     """See it work: a GitHub fake with a sample repository, every job end to end, the dashboard."""
-    base = _settings()
+    base = load()
     directory = demo.demo_dir(base, data_dir)
     console.print(f"Starting the demo in {directory.resolve()} …")
     demo.log_to_file(directory / demo.LOG_FILE)
@@ -444,11 +362,11 @@ def demo_command(
                     sample,
                     console=console,
                     listener=listener,
-                    make_server=_server,
+                    make_server=make_server,
                     serve=serve,
                 )
 
-            completed = _run_async(settings, body)
+            completed = run_async(settings, body)
     if not completed:
         raise typer.Exit(1)
 

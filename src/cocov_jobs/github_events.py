@@ -43,8 +43,8 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cocov_jobs import queue
-from cocov_jobs.errors import PermanentError
+from cocov_jobs.engine import queue
+from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.gitstore.layout import check_sha
 from cocov_jobs.registration import register_head_commit
 

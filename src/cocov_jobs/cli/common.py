@@ -1,0 +1,123 @@
+"""What every command shares: settings, stores, services, one-line failures, servers.
+
+This is where the program is assembled: :func:`run_async` opens the services with the job
+registry of :mod:`cocov_jobs.jobs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import Any, TypeVar
+
+import structlog
+import typer
+import uvicorn
+from rich.console import Console
+
+from cocov_jobs import jobs, logs
+from cocov_jobs.config import Settings, SettingsError, load_settings
+from cocov_jobs.embedded import EmbeddedError, Stores, stores
+from cocov_jobs.engine.worker import Worker
+from cocov_jobs.services import Services, open_services
+
+log = structlog.get_logger("cocov_jobs")
+#: Tables keep whole rows when piped (rich would wrap at 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 200)
+T = TypeVar("T")
+
+#: Exit status for usage errors (unknown job, wrong arguments, bad configuration).
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``cocov-jobs: message`` on standard error; raise the result to exit with ``code``."""
+    typer.echo(f"cocov-jobs: {message}", err=True)
+    return typer.Exit(code)
+
+
+def load() -> Settings:
+    """The settings (a usage error when one is wrong), with logging configured."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+@contextlib.contextmanager
+def _stores(settings: Settings) -> Iterator[Stores]:
+    try:
+        with stores(
+            database_url=settings.configured_database_url,
+            redis_url=settings.redis_url,
+            redis_cache_url=settings.redis_cache_url,
+            data_dir=settings.data_dir,
+        ) as found:
+            if found.embedded:
+                log.warning(
+                    "using embedded stores",
+                    embedded=found.embedded,
+                    data_dir=str(settings.data_dir.resolve()),
+                )
+            yield found
+    except EmbeddedError as exc:
+        raise fail(str(exc), 1) from None
+
+
+@contextlib.asynccontextmanager
+async def open_program(settings: Settings, found: Stores) -> AsyncIterator[Services]:
+    """The services of this program: its stores and the registry of every job."""
+    async with open_services(
+        settings,
+        registry=jobs.registry(),
+        database_url=found.database_url,
+        redis_url=found.redis_url,
+        redis_cache_url=found.redis_cache_url,
+    ) as services:
+        yield services
+
+
+def run_async(settings: Settings, body: Callable[[Services, Stores], Awaitable[T]]) -> T:
+    """Start the stores, open the services and run ``body`` in an event loop."""
+
+    async def main(found: Stores) -> T:
+        async with open_program(settings, found) as services:
+            return await body(services, found)
+
+    with _stores(settings) as found:
+        return asyncio.run(main(found))
+
+
+def run_with_services(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
+    """Run ``action(services)`` against the configured stores."""
+
+    async def body(services: Services, found: Stores) -> T:
+        return await action(services)
+
+    return run_async(settings, body)
+
+
+class Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the worker owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_server(app: Any, host: str, port: int) -> Server:
+    return Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off"))
+
+
+async def serve_with_worker(worker: Worker, server: Server) -> None:
+    """Serve HTTP while ``worker`` runs; stop serving when it stops."""
+    web = asyncio.create_task(server.serve())
+    try:
+        await worker.run()
+    finally:
+        server.should_exit = True
+        await web

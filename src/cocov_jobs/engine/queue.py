@@ -1,0 +1,78 @@
+"""Enqueue: a job is a PgQueuer row inserted in the caller's open transaction.
+
+A rollback leaves no job; a commit makes it visible (PgQueuer's trigger NOTIFYs at commit).
+A job declared with ``dedupe="…"`` has at most one *queued* copy per key: a second enqueue
+while one waits is skipped (returns ``None``).
+
+The program's :class:`~cocov_jobs.engine.registry.Registry` travels with its sessions: the
+session factory of :class:`~cocov_jobs.services.Services` puts it in ``Session.info`` under
+:data:`REGISTRY_KEY`, so every piece of code that holds a session can enqueue by name and have
+the arguments validated, without a process-wide registry.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.queries import Queries
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cocov_jobs.engine.registry import JobDefinition, Registry
+
+#: ``Session.info`` key of the program's job registry.
+REGISTRY_KEY = "cocov_jobs.registry"
+
+
+def session_registry(session: AsyncSession) -> Registry:
+    """The job registry of the program that made ``session``."""
+    registry = session.info.get(REGISTRY_KEY)
+    if not isinstance(registry, Registry):
+        raise RuntimeError("this session was not made by Services.sessions: no job registry")
+    return registry
+
+
+async def asyncpg_connection(session: AsyncSession) -> Any:
+    """The session's asyncpg connection, with its transaction begun.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, on its first statement; a statement sent
+    straight to asyncpg before that would run in autocommit. So begin it first (the adapter's
+    own method when present — a test pins this — else through one trivial statement).
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection
+    start = getattr(adapter, "_start_transaction", None)
+    if start is not None and getattr(adapter, "_transaction", False) is None:
+        await start()
+    elif start is None:
+        await connection.exec_driver_sql("SELECT 1")
+    return raw.driver_connection
+
+
+async def insert_job(
+    session: AsyncSession, definition: JobDefinition, values: dict[str, Any], delay: float
+) -> int | None:
+    """Insert validated ``values`` for ``definition``; None when deduplicated."""
+    queries = Queries(AsyncpgDriver(await asyncpg_connection(session)))
+    ids = await queries.enqueue(
+        definition.name,
+        json.dumps(values).encode(),
+        execute_after=timedelta(seconds=delay) if delay > 0 else None,
+        dedupe_key=definition.dedupe_key(values),
+        on_conflict="skip",
+    )
+    return ids[0]
+
+
+async def enqueue(
+    session: AsyncSession, name: str, /, *, delay: float = 0.0, **args: object
+) -> int | None:
+    """Enqueue ``name(**args)`` inside the session's open transaction; return the job id.
+
+    Returns ``None`` when a job with the same dedupe key is already waiting.
+    """
+    definition = session_registry(session).resolve(name)
+    return await insert_job(session, definition, definition.validate(args), delay)
