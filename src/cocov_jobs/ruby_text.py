@@ -1,15 +1,17 @@
 """Ruby's way of writing values, where Cocov's text must come out byte for byte the same.
 
 Cocov is a Ruby application: the manifest errors it shows quote values with ``inspect``, its
-coverage status says ``"#{percent.round(2)}% covered"``, and its ``blank?`` decides what counts
-as a missing field. Each rule is written once here, after Ruby 3.1's C source (``numeric.c``,
-``string.c``) and ActiveSupport, and the tests compare it with a real ``ruby`` where one is
-installed.
+coverage status says ``"#{percent.round(2)}% covered"``, its ``blank?`` decides what counts as
+a missing field, and it held early coverage uploads in Redis as ``Hash#inspect`` text, which
+:func:`parse_ruby_string_hash` reads back. Each rule is written once here, after Ruby 3.1's C
+source (``numeric.c``, ``string.c``) and ActiveSupport, and the tests compare it with a real
+``ruby`` where one is installed.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from decimal import Decimal
 from typing import Final
@@ -68,6 +70,44 @@ def _ruby_inspect_string(value: str) -> str:
             out.append(char)
     out.append('"')
     return "".join(out)
+
+
+# Reading inspect text back. A string literal: quotes around characters other than ``"`` and
+# ``\``, or a backslash and the character it escapes (the unrolled loop never backtracks).
+_STRING_LITERAL = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+# Ruby up to 3.3 writes ``"k"=>"v"``, Ruby 3.4 ``"k" => "v"``.
+_PAIR = re.compile(rf"({_STRING_LITERAL})(?:=>| => )({_STRING_LITERAL})", re.DOTALL)
+_STRING_HASH = re.compile(rf"\{{(?:{_PAIR.pattern}(?:, {_PAIR.pattern})*)?\}}", re.DOTALL)
+_INSPECT_ESCAPE = re.compile(r"\\(u\{[0-9A-F]{1,6}\}|u[0-9A-F]{4}|.)", re.DOTALL)
+_UNESCAPED = {escaped: char for char, escaped in _RUBY_STRING_ESCAPES.items()} | {"\\#": "#"}
+
+
+def parse_ruby_string_hash(text: str) -> dict[str, str]:
+    """The hash whose ``inspect`` is ``text``, for hashes of strings to strings only:
+    ``{"a.rb"=>"eJw="}`` gives ``{"a.rb": "eJw="}``.
+
+    A strict reader of what :func:`ruby_inspect` writes (Ruby 3.4's `` => `` too), never an
+    evaluator: any other value (numbers, ``nil``, nested hashes), an escape Ruby does not
+    write for valid UTF-8 (``\\x..``), a surrogate or a stray character raises ValueError.
+    """
+    if not _STRING_HASH.fullmatch(text):
+        raise ValueError("not the inspect text of a hash of strings")
+    return {_unquote(key): _unquote(value) for key, value in _PAIR.findall(text)}
+
+
+def _unquote(literal: str) -> str:
+    return _INSPECT_ESCAPE.sub(_unescape, literal[1:-1])
+
+
+def _unescape(match: re.Match[str]) -> str:
+    escape = match.group(0)
+    if escape in _UNESCAPED:
+        return _UNESCAPED[escape]
+    if escape.startswith("\\u") and len(escape) > 2:
+        code = int(escape[2:].strip("{}"), 16)
+        if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+            return chr(code)
+    raise ValueError(f"unexpected escape {escape!r} in inspect text")
 
 
 # --------------------------------------------------------------------------- blank?

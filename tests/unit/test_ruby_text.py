@@ -11,8 +11,16 @@ import struct
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cocov_jobs.ruby_text import ruby_blank, ruby_float_to_s, ruby_inspect, ruby_round2
+from cocov_jobs.ruby_text import (
+    parse_ruby_string_hash,
+    ruby_blank,
+    ruby_float_to_s,
+    ruby_inspect,
+    ruby_round2,
+)
 
 needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 
@@ -67,6 +75,66 @@ def ruby_eval_lines(script: str, stdin: str) -> list[str]:
 )
 def test_ruby_inspect(value: object, shown: str) -> None:
     assert ruby_inspect(value) == shown
+
+
+# --------------------------------------------------------------------------- reading inspect
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("{}", {}),
+        ('{"a.rb"=>"eJw="}', {"a.rb": "eJw="}),
+        ('{"a.rb" => "eJw=", "b.rb" => ""}', {"a.rb": "eJw=", "b.rb": ""}),  # Ruby 3.4
+        ('{"say \\"hi\\"\\\\"=>"x"}', {'say "hi"\\': "x"}),
+        ('{"\\n\\r\\t\\f\\v\\b\\a\\e"=>"x"}', {"\n\r\t\f\v\b\a\x1b": "x"}),
+        ('{"\\#{a} #b \\#$c"=>"x"}', {"#{a} #b #$c": "x"}),
+        ('{"\\u0000\\u007F\\u2028\\u{10FFFF}"=>"x"}', {"\x00\x7f\u2028\U0010ffff": "x"}),
+        ('{"é😀\x85=>, "=>"x"}', {"é😀\x85=>, ": "x"}),
+    ],
+)
+def test_parse_ruby_string_hash(text: str, parsed: dict[str, str]) -> None:
+    assert parse_ruby_string_hash(text) == parsed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "bla",
+        '"bla"',
+        '{"a"=>1}',
+        '{"a"=>nil}',
+        '{"a"=>{"b"=>"c"}}',
+        '{"a"=>["b"]}',
+        '{:a=>"b"}',
+        "{'a'=>'b'}",
+        '{"a"=>"b",}',
+        '{"a"=>"b"} ',
+        '{"a"=>"b"}{}',
+        '{"a" =>"b"}',
+        '{"a"=>"b" , "c"=>"d"}',
+        '{"a"=>"b"',
+        '{"a=>"b"}',
+        '{"a"=>"\\xFF"}',
+        '{"a"=>"\\uD800"}',
+        '{"a"=>"\\u{110000}"}',
+        '{"a"=>"\\u00e9"}',
+        '{"a"=>"\\q"}',
+        '{"a"=>"b\\"}',
+    ],
+)
+def test_parse_ruby_string_hash_rejects_anything_else(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_ruby_string_hash(text)
+
+
+printable_text = st.text(st.characters(blacklist_categories=("Cs",)))
+
+
+@given(st.dictionaries(printable_text, printable_text, max_size=5))
+def test_parse_ruby_string_hash_reads_back_ruby_inspect(value: dict[str, str]) -> None:
+    assert parse_ruby_string_hash(ruby_inspect(value)) == value
 
 
 # --------------------------------------------------------------------------- blank?
