@@ -1,6 +1,6 @@
 """Coverage uploads: wire format, per-file metrics, totals, status text and viewer blocks.
 
-An upload (reference §3.5) maps a repository-relative file path to the standard base64 of
+An upload (docs/architecture.md §6.7) maps a repository-relative file path to the standard base64 of
 that file's *wire format*: one token per source line, in line order.
 
 =========================  ================================  =========================

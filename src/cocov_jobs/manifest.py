@@ -1,4 +1,4 @@
-"""The ``.cocov.yaml`` manifest, format ``0.1.alpha`` (reference §3.3, DESIGN §4.13).
+"""The ``.cocov.yaml`` manifest, format ``0.1.alpha`` (docs/architecture.md §6.6, §7.13).
 
 :func:`parse_manifest` turns the file's text into a :class:`Manifest` or raises
 :class:`InvalidManifestError`; no input (``str`` or ``bytes``) makes it raise anything else.
@@ -87,7 +87,7 @@ MAX_EXCLUDE_PATHS = 1000
 #: Prefix a mount source needs; the rest is the secret's name.
 SECRET_SOURCE_PREFIX = "secrets:"
 
-# Error codes: the check set's ``error_kind`` names (reference §6).
+# Error codes: the check set's ``error_kind`` names (docs/architecture.md §6.1).
 ROOT_MUST_BE_MAPPING = "manifest_root_must_be_mapping"
 MISSING_VERSION = "manifest_missing_version"
 VERSION_TYPE_MISMATCH = "manifest_version_type_mismatch"

@@ -2,8 +2,8 @@
 
 :func:`register_head_commit` is what a push webhook and ``initialize_repository`` do, in the
 caller's transaction: create (or reuse) the commit, move the branch head, claim coverage that
-arrived before the commit (DESIGN §4.1) and enqueue its processing, then enqueue
-``process_commit`` unless the commit was already processed (DESIGN §4.11). Because the jobs are
+arrived before the commit (docs/architecture.md §7.1) and enqueue its processing, then enqueue
+``process_commit`` unless the commit was already processed (§7.11). Because the jobs are
 enqueued in the same transaction that moves the heads, ``process_coverage`` always sees the
 branch heads already moved.
 

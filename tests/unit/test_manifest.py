@@ -1,4 +1,4 @@
-"""Tests for the ``.cocov.yaml`` parser (reference §3.3, DESIGN §4.13)."""
+"""Tests for the ``.cocov.yaml`` parser (docs/architecture.md §6.6, §7.13)."""
 
 from __future__ import annotations
 
@@ -424,7 +424,7 @@ def test_at_most_max_exclude_paths() -> None:
     )
 
 
-# --- Explicit nulls (DESIGN §4.13) -------------------------------------------------------------
+# --- Explicit nulls (docs/architecture.md §7.13) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
