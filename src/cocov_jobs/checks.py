@@ -1,7 +1,7 @@
 """Check runs: the check set of a commit, its GitHub statuses, and what the Go Worker receives.
 
-This is Cocov's ``ChecksRunService`` (reference §3.2), ``notify_check_fatal_failure!`` (§3.9)
-and the status catalogue (§3.7). :func:`run_checks`, for a cloned commit:
+This is Cocov's ``ChecksRunService``, ``notify_check_fatal_failure!`` and the status catalogue
+(docs/architecture.md §5.4, §6.8). :func:`run_checks`, for a cloned commit:
 
 1. reads ``.cocov.yaml``: none → check set ``not_configured``, no status; an unusable one →
    :func:`notify_check_fatal_failure`; no checks → ``not_configured`` and ``success``

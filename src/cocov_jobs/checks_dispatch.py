@@ -1,4 +1,4 @@
-"""Handing a check run to the Go Worker (reference §3.2, §3.4, §3.6; DESIGN §4.7).
+"""Handing a check run to the Go Worker (docs/architecture.md §6.3, §7.7).
 
 Called after the database commit that queued the check set. One Lua script, atomic in Redis:
 

@@ -1,6 +1,6 @@
 """A commit's clone in storage, shared by ``process_commit`` and ``process_coverage``.
 
-Rules (reference §3.1, DESIGN §4.5):
+Rules (docs/architecture.md §5.4, §7.5):
 
 * A commit is cloned once. :func:`ensure_cloned` returns at once when ``clone_status`` is
   ``completed`` and storage has the commit; otherwise it takes the PostgreSQL advisory lock

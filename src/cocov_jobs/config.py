@@ -1,8 +1,8 @@
 """Settings, read once from ``COCOV_*`` environment variables.
 
-Every variable of Cocov's API/Sidekiq keeps its name and meaning (reference §7). New ones:
-``COCOV_DATABASE_URL``, ``COCOV_GITHUB_API_URL``, ``COCOV_GITHUB_URL``, ``COCOV_DATA_DIR`` and the
-operational knobs below. A wrong value stops start-up with one line naming the variable
+Every variable of Cocov's API/Sidekiq keeps its name and meaning (docs/architecture.md §6.11). New
+ones: ``COCOV_DATABASE_URL``, ``COCOV_GITHUB_API_URL``, ``COCOV_GITHUB_URL``, ``COCOV_DATA_DIR`` and
+the operational knobs below. A wrong value stops start-up with one line naming the variable
 (:func:`load_settings`).
 """
 

@@ -1,4 +1,6 @@
-"""Redis keys and payloads shared with Cocov's API, Worker and Cache service (reference §3.6).
+"""Redis keys and payloads shared with Cocov's API, Worker and Cache service.
+
+The contract is docs/architecture.md §6.2; section numbers below are that document's.
 
 One place for every key name: change nothing here without changing the other side.
 """
@@ -9,20 +11,20 @@ import json
 import uuid
 from typing import Any
 
-#: List the Go Worker BLPOPs check-run descriptors from (§3.2).
+#: List the Go Worker BLPOPs check-run descriptors from (§6.3).
 CHECKS_QUEUE = "cocov:checks"
-#: List the Cache service's leader BLPOPs housekeeping tasks from (§3.6).
+#: List the Cache service's leader BLPOPs housekeeping tasks from (§6.4).
 HOUSEKEEPING_QUEUE = "cocov:cached:housekeeping_tasks"
-#: Installation token cache, JSON ``{"token", "expires_at"}`` (§3.7).
+#: Installation token cache, JSON ``{"token", "expires_at"}`` (§7.12).
 INSTALLATION_TOKEN = "github:installation:token"
-#: TTL of deferred coverage (two hours, §4).
+#: TTL of deferred coverage (two hours, §7.1).
 DEFERRED_COVERAGE_TTL = 7200
 #: TTL of ``cocov:cached:client:<job_id>`` (three hours).
 CACHE_CLIENT_TTL = 10800
 #: TTL of a secret authorization (seven days).
 SECRET_AUTH_TTL = 604800
 
-#: Organization repositories cache, in the *cache* Redis (db1, §3.11).
+#: Organization repositories cache, in the *cache* Redis (db1, §5.8).
 ORG_REPOS_STATUS = "cocov:github_org_repos:status"
 ORG_REPOS_ETAG = "cocov:github_org_repos:etag"
 ORG_REPOS_UPDATED_AT = "cocov:github_org_repos:updated_at"
@@ -46,7 +48,7 @@ def _task(task: str, **fields: Any) -> str:
 
 
 def evict_artifact_task(repository_id: int, name_hashes: list[str]) -> str:
-    """``evict-artifact`` with ``name_hash`` strings: what the Cache janitor reads (DESIGN §4.3)."""
+    """``evict-artifact`` with ``name_hash`` strings: what the Cache janitor reads (§7.3)."""
     return _task("evict-artifact", repository=repository_id, objects=name_hashes)
 
 

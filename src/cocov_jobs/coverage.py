@@ -1,6 +1,6 @@
 """Coverage uploads: wire format, per-file metrics, totals, status text and viewer blocks.
 
-An upload (reference §3.5) maps a repository-relative file path to the standard base64 of
+An upload (docs/architecture.md §6.7) maps a repository-relative file path to the standard base64 of
 that file's *wire format*: one token per source line, in line order.
 
 =========================  ================================  =========================
@@ -34,14 +34,13 @@ from __future__ import annotations
 import binascii
 import enum
 import itertools
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Final, TypeAlias
 
 from cocov_jobs.engine.retry import PermanentError
+from cocov_jobs.ruby_text import ruby_float_to_s, ruby_round2
 
 #: Wire byte of a neutral line (not executable).
 NEUTRAL_BYTE: Final = 0x00
@@ -55,8 +54,6 @@ SEPARATOR_BYTE: Final = 0x1E
 MAX_HIT_COUNT_DIGITS: Final = 19
 #: Longest accepted file path, in characters.
 MAX_PATH_LENGTH: Final = 1024
-#: Decimal places of the percentage shown in GitHub statuses (Ruby ``round(2)``).
-STATUS_PERCENT_DIGITS: Final = 2
 
 _DIGITS: Final = b"0123456789"
 _WIRE_BYTES: Final = _DIGITS + bytes((NEUTRAL_BYTE, IGNORED_BYTE, MISSED_BYTE, SEPARATOR_BYTE))
@@ -344,104 +341,6 @@ def coverage_description(percent: float, min_percent: int | None) -> str:
     if min_percent is not None and percent < min_percent:
         return f"{text} (at least {min_percent}% is required)"
     return text
-
-
-def ruby_round2(x: float) -> float:
-    """Ruby's ``Float#round(2)`` (``flo_round`` with ``round_half_up``, numeric.c).
-
-    Half away from zero, on the decimal value the float was written as: with ``s = 100``,
-    ``f = round(x * s)``, then ``f += 1`` when ``(f + 0.5) / s <= x`` (``x > 0``; mirrored
-    for ``x < 0``); the result is ``f / s``. So 2.675 → 2.68 and 0.125 → 0.13, where Python's
-    ``round`` gives 2.67 and 0.12. Zero, infinities and NaN are returned unchanged; values
-    with more digits than a double holds are returned unchanged; tiny ones give 0.0.
-    """
-    if x == 0.0 or not math.isfinite(x):
-        return x
-    binexp = math.frexp(x)[1]
-    if _round_overflows(STATUS_PERCENT_DIGITS, binexp):
-        return x
-    if _round_underflows(STATUS_PERCENT_DIGITS, binexp):
-        return 0.0
-    scale = 10.0**STATUS_PERCENT_DIGITS
-    return _round_half_up(x, scale) / scale
-
-
-def _round_half_up(x: float, scale: float) -> float:
-    rounded = _c_round(x * scale)
-    # x * scale can fall just short of the half the decimal input had: 1.005 * 100 is
-    # 100.49999999999999, yet (100 + 0.5) / 100 == 1.005, so 1.005 rounds up to 1.01.
-    if x > 0:
-        if (rounded + 0.5) / scale <= x:
-            rounded += 1
-    elif (rounded - 0.5) / scale >= x:
-        rounded -= 1
-    return rounded
-
-
-def _c_round(x: float) -> float:
-    """C ``round``: to nearest, halves away from zero."""
-    magnitude = abs(x)
-    whole = float(math.floor(magnitude))
-    if magnitude - whole >= 0.5:
-        whole += 1
-    return math.copysign(whole, x)
-
-
-# Ruby's float_round_overflow / float_round_underflow; DBL_DIG + 2 == 17.
-_FLOAT_DIG: Final = 17
-
-
-def _round_overflows(ndigits: int, binexp: int) -> bool:
-    return ndigits >= _FLOAT_DIG - (_c_div(binexp, 4) if binexp > 0 else _c_div(binexp, 3) - 1)
-
-
-def _round_underflows(ndigits: int, binexp: int) -> bool:
-    return ndigits < -(_c_div(binexp, 3) + 1 if binexp > 0 else _c_div(binexp, 4))
-
-
-def _c_div(a: int, b: int) -> int:
-    """C integer division (truncates toward zero)."""
-    quotient = abs(a) // b
-    return quotient if a >= 0 else -quotient
-
-
-#: Ruby prints floats whose decimal point falls after digit 15 (DBL_DIG) in e-notation.
-_RUBY_MAX_FIXED_DECPT: Final = 15
-_RUBY_MIN_FIXED_DECPT: Final = -3
-
-
-def ruby_float_to_s(x: float) -> str:
-    """Ruby's ``Float#to_s`` (``flo_to_s``): shortest round-trip digits, Ruby's layout.
-
-    With ``d`` the shortest digits and ``p`` the decimal point position (``x = 0.d × 10^p``):
-    ``p`` in ``1..15`` → fixed notation, always with a fraction (``100.0``, ``94.29``);
-    ``p`` in ``-3..0`` → ``0.000ddd``; otherwise ``d.ddde±XX`` (``1.0e+16``, ``1.0e-05``).
-    Also ``NaN``, ``Infinity``, ``-Infinity``, ``-0.0``.
-    """
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "Infinity" if x > 0 else "-Infinity"
-    sign = "-" if math.copysign(1.0, x) < 0 else ""
-    digits, decpt = _shortest_digits(abs(x))
-    if 0 < decpt < len(digits):
-        return f"{sign}{digits[:decpt]}.{digits[decpt:]}"
-    if 0 < decpt <= _RUBY_MAX_FIXED_DECPT:
-        return f"{sign}{digits}{'0' * (decpt - len(digits))}.0"
-    if _RUBY_MIN_FIXED_DECPT <= decpt <= 0:
-        return f"{sign}0.{'0' * -decpt}{digits}"
-    return f"{sign}{digits[0]}.{digits[1:] or '0'}e{decpt - 1:+03d}"
-
-
-def _shortest_digits(x: float) -> tuple[str, int]:
-    """Shortest digits ``d`` (no trailing zeros) and ``p`` with ``x == 0.d × 10^p``, x ≥ 0."""
-    if x == 0.0:
-        return "0", 1
-    # repr() produces the same shortest round-trip digits as Ruby's dtoa mode 0.
-    _sign, digit_tuple, exponent = Decimal(repr(x)).as_tuple()
-    assert isinstance(exponent, int)  # finite input
-    digits = "".join(map(str, digit_tuple))
-    return digits.rstrip("0"), len(digits) + exponent
 
 
 # --------------------------------------------------------------------------- viewer blocks

@@ -1,4 +1,4 @@
-"""Recording a measured coverage upload in Cocov's tables, once (reference §2.5, §3.12, §3.13).
+"""Recording a measured coverage upload in Cocov's tables, once (docs/architecture.md §5.5).
 
 :func:`record_coverage` runs in the caller's transaction and does, for upload ``U`` of commit
 ``C``:

@@ -1,4 +1,4 @@
-"""Cocov-compatible encryption and the tokens built on it (reference §3.4).
+"""Cocov-compatible encryption and the tokens built on it (docs/architecture.md §6.13).
 
 Ciphertext layout (``Cocov::Crypto``)::
 

@@ -1,4 +1,4 @@
-"""GitHub webhook events and their effects: the handler table of reference §5.2.
+"""GitHub webhook events and their effects (docs/architecture.md §6.10).
 
 :func:`apply_event` runs, in the caller's transaction, every rule of :data:`RULES` whose event
 matches and whose action filter accepts the payload's ``action``, in table order; the caller
@@ -292,7 +292,7 @@ async def rename_repository(effects: EventEffects, payload: Payload) -> None:
     )
 
 
-#: The handler table (reference §5.2, with DESIGN §4.6/§4.10); see the module docstring.
+#: The handler table; see the module docstring.
 RULES: tuple[Rule, ...] = (
     Rule("push", register_push),
     Rule("delete", delete_branch),

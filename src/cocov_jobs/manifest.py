@@ -1,4 +1,4 @@
-"""The ``.cocov.yaml`` manifest, format ``0.1.alpha`` (reference §3.3, DESIGN §4.13).
+"""The ``.cocov.yaml`` manifest, format ``0.1.alpha`` (docs/architecture.md §6.6, §7.13).
 
 :func:`parse_manifest` turns the file's text into a :class:`Manifest` or raises
 :class:`InvalidManifestError`; no input (``str`` or ``bytes``) makes it raise anything else.
@@ -17,7 +17,8 @@ Checks run in this order, the first failure wins:
    destinations — ``manifest_duplicated_mount_destination``; sources not starting with
    ``secrets:`` — ``manifest_invalid_mount_source``;
 6. the size of each ``exclude_paths`` pattern's brace expansion (see
-   :data:`MAX_PATTERN_EXPANSION_CHARS`) — ``manifest_invalid_or_missing_data``.
+   :data:`cocov_jobs.ruby_glob.MAX_PATTERN_EXPANSION_CHARS`) —
+   ``manifest_invalid_or_missing_data``.
 
 Where we differ from Cocov on purpose: explicit nulls mean "absent" for every optional key;
 default envs are merged into each check's envs (the check's values win); YAML that Cocov's
@@ -42,13 +43,9 @@ YAML safety. The text is read as one YAML 1.1 document with PyYAML's safe scalar
 
 from __future__ import annotations
 
-import functools
-import math
 import re
-import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Protocol, cast
 
 import yaml
@@ -64,6 +61,14 @@ from yaml.events import (
 )
 from yaml.nodes import ScalarNode
 
+from cocov_jobs.ruby_glob import (
+    MAX_PATTERN_EXPANSION_CHARS,
+    PatternTooComplexError,
+    compile_glob,
+    glob_match,
+)
+from cocov_jobs.ruby_text import ruby_blank, ruby_inspect
+
 #: The manifest's file name at the repository root (``.cocov.yml`` is not recognised).
 MANIFEST_FILE = ".cocov.yaml"
 #: The only manifest format version there is.
@@ -75,16 +80,14 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_NESTING_DEPTH = 64
 #: Most checks a manifest may declare.
 MAX_CHECKS = 1000
-#: Most ``exclude_paths`` patterns a manifest may declare (each is compiled to a regex).
+#: Most ``exclude_paths`` patterns a manifest may declare (each is compiled to a regex; its
+#: brace expansion is bounded by ``ruby_glob.MAX_PATTERN_EXPANSION_CHARS``).
 MAX_EXCLUDE_PATHS = 1000
-#: Brace expansion budget of one ``exclude_paths`` pattern: characters of all the partial and
-#: final expansions together (``{a,b}/{c,d}`` uses 26). Bounds parse time and regex size.
-MAX_PATTERN_EXPANSION_CHARS = 64 * 1024
 
 #: Prefix a mount source needs; the rest is the secret's name.
 SECRET_SOURCE_PREFIX = "secrets:"
 
-# Error codes: the check set's ``error_kind`` names (reference §6).
+# Error codes: the check set's ``error_kind`` names (docs/architecture.md §6.1).
 ROOT_MUST_BE_MAPPING = "manifest_root_must_be_mapping"
 MISSING_VERSION = "manifest_missing_version"
 VERSION_TYPE_MISMATCH = "manifest_version_type_mismatch"
@@ -345,7 +348,7 @@ def _resolve_plain(value: str) -> str:
 
 
 def _check_version(version: object) -> None:
-    if _ruby_blank(version):
+    if ruby_blank(version):
         raise InvalidManifestError(MISSING_VERSION, "Invalid manifest: Missing version field")
     if not isinstance(version, str):
         raise InvalidManifestError(
@@ -355,19 +358,6 @@ def _check_version(version: object) -> None:
         raise InvalidManifestError(
             VERSION_UNSUPPORTED, f"Invalid manifest: Unsupported version {version}"
         )
-
-
-# Ruby's [[:space:]]: Python's whitespace minus the four information separators U+001C–U+001F.
-_RUBY_SPACE_EXCLUDED = frozenset("\x1c\x1d\x1e\x1f")
-
-
-def _ruby_blank(value: object) -> bool:
-    """ActiveSupport's ``blank?``: nil, false, empty collections, whitespace-only strings."""
-    if isinstance(value, str):
-        return all(c.isspace() and c not in _RUBY_SPACE_EXCLUDED for c in value)
-    if isinstance(value, (list, dict)):
-        return not value
-    return value is None or value is False
 
 
 # --- Schema ------------------------------------------------------------------------------------
@@ -403,7 +393,7 @@ class _String:
     def validate(self, value: object, path: _Path) -> None:
         if not isinstance(value, str):
             raise _type_mismatch(path, "string", value)
-        if self.reject_blank and _ruby_blank(value):
+        if self.reject_blank and ruby_blank(value):
             raise _invalid_data(f"Expected {_render_path(path)} to not be blank")
 
 
@@ -498,82 +488,6 @@ _SCHEMA = _Mapping(
         ),
     }
 )
-
-
-# --- Ruby ``inspect`` (validator messages show values the way Cocov does) ----------------------
-
-_RUBY_STRING_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\f": "\\f",
-    "\v": "\\v",
-    "\b": "\\b",
-    "\a": "\\a",
-    "\x1b": "\\e",
-}
-# Categories Ruby's UTF-8 inspect escapes (controls, unassigned, surrogates, line/paragraph
-# separators); U+0085 is a control Ruby nonetheless prints as is.
-_RUBY_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cn", "Cs", "Zl", "Zp"})
-
-
-def ruby_inspect(value: object) -> str:
-    """``value.inspect`` as Ruby 3.1 prints it, for YAML values (str, int, float, bool, None,
-    list, dict): ``"a\\n"``, ``1``, ``0.5``, ``1.0e+16``, ``nil``, ``[1, "a"]``, ``{"a"=>1}``."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return _ruby_inspect_string(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _ruby_float(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(ruby_inspect(item) for item in value) + "]"
-    if isinstance(value, dict):
-        pairs = (f"{ruby_inspect(k)}=>{ruby_inspect(v)}" for k, v in value.items())
-        return "{" + ", ".join(pairs) + "}"
-    return repr(value)
-
-
-def _ruby_inspect_string(value: str) -> str:
-    out = ['"']
-    for index, char in enumerate(value):
-        if char in _RUBY_STRING_ESCAPES:
-            out.append(_RUBY_STRING_ESCAPES[char])
-        elif char == "#" and value[index + 1 : index + 2] in ("{", "$", "@"):
-            out.append("\\#")  # would start an interpolation in a Ruby literal
-        elif char != "\x85" and unicodedata.category(char) in _RUBY_UNPRINTABLE_CATEGORIES:
-            code = ord(char)
-            out.append(f"\\u{code:04X}" if code < 0x10000 else f"\\u{{{code:X}}}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def _ruby_float(value: float) -> str:
-    """Ruby's ``Float#to_s``: shortest digits; exponent form unless 1e-4 <= |value| < 1e15."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    if value == 0:
-        return f"{sign}0.0"
-    decimal = Decimal(repr(abs(value))).normalize().as_tuple()
-    digits = "".join(map(str, decimal.digits))
-    point = len(digits) + int(decimal.exponent)  # value = 0.<digits> × 10**point
-    if 0 < point <= 15:
-        whole, fraction = digits[:point].ljust(point, "0"), digits[point:]
-        return f"{sign}{whole}.{fraction or '0'}"
-    if -4 < point <= 0:
-        return f"{sign}0.{'0' * -point}{digits}"
-    return f"{sign}{digits[0]}.{digits[1:] or '0'}e{point - 1:+03d}"
 
 
 # --- Building the manifest ---------------------------------------------------------------------
@@ -673,191 +587,10 @@ def _exclude_pattern(raw: str, index: int) -> str:
     """The normalised pattern (``dir/`` → ``dir/*``), checked to compile within budget."""
     pattern = f"{raw}*" if raw.endswith("/") else raw
     try:
-        _compile_glob(pattern)
+        compile_glob(pattern)
     except PatternTooComplexError:
         raise _invalid_data(
             f"Expected exclude_paths.{index} to expand its braces to at most "
             f"{MAX_PATTERN_EXPANSION_CHARS} characters"
         ) from None
     return pattern
-
-
-# --- Ruby File.fnmatch(pattern, path, FNM_PATHNAME | FNM_EXTGLOB) ------------------------------
-
-
-class PatternTooComplexError(ValueError):
-    """The pattern's brace expansion exceeds :data:`MAX_PATTERN_EXPANSION_CHARS`."""
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """Ruby's ``File.fnmatch(pattern, path, File::FNM_PATHNAME | File::FNM_EXTGLOB)``.
-
-    * ``{a,b}`` alternation, nested allowed, expanded textually first as Ruby does; a ``{``
-      without its ``}`` makes the whole pattern match nothing;
-    * ``*``, ``?`` and ``[...]`` never match ``/``; ``[!...]``/``[^...]`` negate; ``a-c`` is a
-      range (a reversed range ``c-a`` matches just its two ends); an unterminated or empty
-      ``[...]`` matches nothing, ``[!]`` matches any one character;
-    * ``**/`` at the start of a segment matches zero or more whole directories;
-    * a path component starting with ``.`` is matched only by a pattern component starting
-      with a literal ``.`` (no DOTMATCH), and ``**/`` never descends into such directories;
-    * ``\\`` escapes the next character (``\\/`` is a separator; a trailing ``\\`` is ignored);
-      matching is case-sensitive. A NUL character is an ordinary character (Ruby would end the
-      pattern there).
-
-    Raises :class:`PatternTooComplexError` for a pattern over the expansion budget
-    (:func:`parse_manifest` rejects such patterns up front).
-    """
-    return _compile_glob(pattern).fullmatch(path) is not None
-
-
-# Holds every pattern of a few manifests at their maximum size.
-@functools.lru_cache(maxsize=4 * MAX_EXCLUDE_PATHS)
-def _compile_glob(pattern: str) -> re.Pattern[str]:
-    alternatives = [_glob_to_regex(expanded) for expanded in _expand_braces(pattern)]
-    return re.compile("|".join(f"(?:{regex})" for regex in alternatives) or _NEVER)
-
-
-def _expand_braces(pattern: str) -> Iterator[str]:
-    """Ruby's ``ruby_brace_expand``: the first top-level ``{...}`` group is replaced by each of
-    its comma-separated alternatives and the results are expanded again (iteratively)."""
-    pending = [pattern]
-    budget = MAX_PATTERN_EXPANSION_CHARS
-    while pending:
-        current = pending.pop()
-        budget -= len(current)
-        if budget < 0:
-            raise PatternTooComplexError(pattern)
-        start, end = _first_brace_group(current) if "{" in current else (-1, -1)
-        if start < 0:
-            yield current
-            continue
-        if end < 0:
-            continue  # an unclosed "{": Ruby calls the matcher for no expansion at all
-        prefix, suffix = current[:start], current[end + 1 :]
-        alternatives = _brace_alternatives(current, start, end)
-        pending.extend(prefix + alternative + suffix for alternative in reversed(alternatives))
-
-
-def _first_brace_group(pattern: str) -> tuple[int, int]:
-    """Indexes of the first top-level unescaped ``{`` and of its matching ``}``; -1 for none."""
-    depth, start, index = 0, -1, 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "{":
-            if depth == 0:
-                start = index
-            depth += 1
-        elif char == "}" and start >= 0:
-            depth -= 1
-            if depth == 0:
-                return start, index
-        elif char == "\\":
-            index += 1
-        index += 1
-    return start, -1
-
-
-def _brace_alternatives(pattern: str, start: int, end: int) -> list[str]:
-    """The comma-separated alternatives of the group ``pattern[start..end]`` (nested groups and
-    escaped commas stay inside their alternative)."""
-    alternatives = []
-    index = start
-    while index < end:
-        index += 1
-        first, depth = index, 0
-        while index < end and not (pattern[index] == "," and depth == 0):
-            if pattern[index] == "{":
-                depth += 1
-            elif pattern[index] == "}":
-                depth -= 1
-            elif pattern[index] == "\\":
-                index += 1
-            index += 1
-        alternatives.append(pattern[first:index])
-    return alternatives
-
-
-_NEVER = "(?!)"
-_ANY_DIRECTORIES = r"(?:(?!\.)[^/]*/)*"
-_NO_LEADING_DOT = r"(?!\.)"
-
-
-def _glob_to_regex(pattern: str) -> str:
-    """Regex for one brace-free pattern (Ruby ``fnmatch`` with ``FNM_PATHNAME``).
-
-    A wildcard that starts a pattern component gets a "not a dot" guard: in Ruby a component
-    starting with ``.`` only matches a pattern component whose first character is ``.``.
-    """
-    out: list[str] = []
-    index, length = 0, len(pattern)
-    component_start = True
-    while index < length:
-        if component_start and pattern.startswith("**/", index):
-            while pattern.startswith("**/", index):
-                index += 3
-            out.append(_ANY_DIRECTORIES)
-            continue
-        guard = _NO_LEADING_DOT if component_start else ""
-        char = pattern[index]
-        component_start = False
-        if char == "*":
-            while index < length and pattern[index] == "*":
-                index += 1
-            out.append(f"{guard}[^/]*")
-        elif char == "?":
-            index += 1
-            out.append(f"{guard}[^/]")
-        elif char == "[":
-            bracket = _bracket_to_regex(pattern, index + 1)
-            if bracket is None:
-                return _NEVER
-            regex, index = bracket
-            out.append(guard + regex)
-        else:
-            if char == "\\":
-                index += 1
-                if index == length:
-                    break
-                char = pattern[index]
-            index += 1
-            component_start = char == "/"
-            out.append("/" if component_start else re.escape(char))
-    return "".join(out)
-
-
-def _bracket_to_regex(pattern: str, index: int) -> tuple[str, int] | None:
-    """Regex and end index of the bracket expression whose body starts at ``index`` (Ruby's
-    ``bracket()``), or None if it is unterminated (it then never matches)."""
-    negated = pattern[index : index + 1] in ("!", "^")
-    index += negated
-    items: list[str] = []
-    while index < len(pattern) and pattern[index] != "]":
-        first = _bracket_char(pattern, index)
-        if first is None or first[1] >= len(pattern):
-            return None
-        low, index = first
-        if pattern[index] == "-" and pattern[index + 1 : index + 2] != "]":
-            last = _bracket_char(pattern, index + 1)
-            if last is None:
-                return None
-            high, index = last
-            items.append(
-                f"{re.escape(low)}-{re.escape(high)}" if low <= high else re.escape(low + high)
-            )
-        else:
-            items.append(re.escape(low))
-    if index >= len(pattern):
-        return None
-    body = "".join(items)
-    if negated:
-        return f"[^/{body}]", index + 1
-    return (f"(?!/)[{body}]" if body else _NEVER), index + 1
-
-
-def _bracket_char(pattern: str, index: int) -> tuple[str, int] | None:
-    """The (possibly escaped) character at ``index`` and the index after it."""
-    if pattern[index : index + 1] == "\\":
-        index += 1
-    if index >= len(pattern):
-        return None
-    return pattern[index], index + 1

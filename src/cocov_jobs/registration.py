@@ -2,8 +2,8 @@
 
 :func:`register_head_commit` is what a push webhook and ``initialize_repository`` do, in the
 caller's transaction: create (or reuse) the commit, move the branch head, claim coverage that
-arrived before the commit (DESIGN §4.1) and enqueue its processing, then enqueue
-``process_commit`` unless the commit was already processed (DESIGN §4.11). Because the jobs are
+arrived before the commit (docs/architecture.md §7.1) and enqueue its processing, then enqueue
+``process_commit`` unless the commit was already processed (§7.11). Because the jobs are
 enqueued in the same transaction that moves the heads, ``process_coverage`` always sees the
 branch heads already moved.
 
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cocov_jobs import contracts
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
 from cocov_jobs.engine import queue
+from cocov_jobs.ruby_text import parse_ruby_string_hash
 
 log = structlog.get_logger(__name__)
 
@@ -95,19 +96,30 @@ class Registration:
 
 
 def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
-    """The held upload, or None (logged, then discarded) when it is not a JSON object.
+    """The held upload, or None (logged, then discarded) when it cannot be read.
 
-    Cocov itself wrote Ruby ``Hash#inspect`` text there (reference §4, bug 1): a key left by a
-    Cocov installation must not block the push that finds it.
+    We hold JSON. Cocov's API held the reporter's ``data`` as Ruby ``Hash#inspect`` text
+    (``{"a.rb"=>"eJw="}``: its Redis client stringifies the parameters object), which Cocov's
+    own push handler then failed to parse; a push we handle reads that too, so coverage posted
+    to Cocov's API before the commit existed is processed. Anything else is dropped: a key
+    left by a Cocov installation must not block the push that finds it.
     """
     try:
         data = json.loads(pending)
     except ValueError:
-        data = None
+        data = _ruby_inspected_upload(pending)
     if isinstance(data, dict):
         return data
-    log.warning("discarding deferred coverage that is not a JSON object", key=key)
+    log.warning("discarding deferred coverage that is neither JSON nor Ruby hash text", key=key)
     return None
+
+
+def _ruby_inspected_upload(pending: bytes | str) -> dict[str, str] | None:
+    try:
+        text = pending.decode("utf-8") if isinstance(pending, bytes) else pending
+        return parse_ruby_string_hash(text)
+    except ValueError:  # UnicodeDecodeError included
+        return None
 
 
 async def lock_commit(session: AsyncSession, repository_id: int, sha: str) -> None:

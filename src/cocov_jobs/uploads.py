@@ -4,11 +4,10 @@ The file holds either the body Cocov's coverage reporter posts,
 ``{"data": {"<path>": "<base64>", …}, "commit_sha": "<sha>"}``, or the bare ``data`` map. A
 ``commit_sha`` in the file must name the same commit as ``SHA``.
 
-Storing follows ``POST /v1/reports`` (reference §1.3, §4): under the commit's registration
-lock, a registered commit gets the upload stored and ``process_coverage`` enqueued in the
-caller's transaction; an unknown commit gets the canonical JSON held in Redis for
-:data:`~cocov_jobs.contracts.DEFERRED_COVERAGE_TTL` seconds, claimed when the commit is
-registered.
+Storing follows ``POST /v1/reports`` (docs/architecture.md §6.9, §7.1): under the commit's
+registration lock, a registered commit gets the upload stored and ``process_coverage`` enqueued in
+the caller's transaction; an unknown commit gets the canonical JSON held in Redis for
+:data:`~cocov_jobs.contracts.DEFERRED_COVERAGE_TTL` seconds, claimed when the commit is registered.
 """
 
 from __future__ import annotations

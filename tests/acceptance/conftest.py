@@ -30,12 +30,14 @@ def cli(
         result = subprocess.run(
             [*CLI, *args],
             env=cli_env(
-                COCOV_DATABASE_URL=database_url,
-                COCOV_REDIS_URL=redis_url,
-                COCOV_REDIS_CACHE_URL=redis_url,
-                COCOV_DATA_DIR=str(tmp_path / "data"),
-                COCOV_LOG_FORMAT="json",
-                **env,
+                **{
+                    "COCOV_DATABASE_URL": database_url,
+                    "COCOV_REDIS_URL": redis_url,
+                    "COCOV_REDIS_CACHE_URL": redis_url,
+                    "COCOV_DATA_DIR": str(tmp_path / "data"),
+                    "COCOV_LOG_FORMAT": "json",
+                    **env,  # overrides the defaults above
+                }
             ),
             capture_output=True,
             text=True,

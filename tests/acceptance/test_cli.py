@@ -79,6 +79,19 @@ async def test_permanent_failure_is_listed_with_its_reason(services: Services, c
     assert "update_commits_author" in table.stdout
 
 
+def test_worker_warns_once_when_the_listing_misses_cocovs_cache_redis(cli: Cli) -> None:
+    def warnings(**env: str) -> list[str]:
+        stderr = cli("worker", "--burst", **env).stderr
+        return [line for line in stderr.splitlines() if "COCOV_REDIS_CACHE_URL" in line]
+
+    [line] = warnings(COCOV_REDIS_CACHE_URL="")
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert "listing goes to COCOV_REDIS_URL" in record["event"]
+    assert "Cocov's API reads it from COCOV_REDIS_CACHE_URL" in record["event"]
+    assert warnings() == []  # the fixture sets COCOV_REDIS_CACHE_URL
+
+
 def test_bad_settings_stop_startup_with_one_line_naming_the_variable(cli: Cli) -> None:
     for name, value in (
         ("COCOV_REPOSITORY_CACHE_MAX_SIZE", "lots"),

@@ -1,5 +1,5 @@
 """Checks of a commit through ``process_commit``: every manifest failure's check set and status
-(reference §3.3, §3.7, §3.9), and the Worker descriptor with its secrets (§3.2, §3.4).
+(docs/architecture.md §6.6, §6.8), and the Worker descriptor with its secrets (§6.3, §6.13).
 
 Real git over the GitHub fake, real PostgreSQL and Redis; statuses are read from the fake.
 """

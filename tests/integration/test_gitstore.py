@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import random
 import re
 import subprocess
 import uuid
@@ -186,6 +187,14 @@ def expected_tree_size(files: dict[str, bytes]) -> int:
     )
 
 
+def cocov_tar_size(parent: Path, sha: str, scratch: Path) -> int:
+    """Size of the ``<sha>.tar`` Cocov writes and counts: ``tar -cvf <sha>.tar <sha>`` run in
+    the tree's parent directory (written to ``scratch`` so the storage stays untouched)."""
+    tar = scratch / f"cocov-{sha}.tar"
+    _out(["tar", "-cvf", str(tar), sha], cwd=parent)
+    return tar.stat().st_size
+
+
 def leftovers(repo_path: Path) -> list[str]:
     return sorted(p.name for p in repo_path.iterdir()) if repo_path.exists() else []
 
@@ -262,8 +271,29 @@ async def test_clone_publishes_cocov_layout_that_passes_the_worker_check(
     assert shasum == f"sha256:{digest}".encode()
     assert worker_check(repo_path, sha, tmp_path) == FILES
     archive_size = (repo_path / f"{sha}.tar.zst").stat().st_size
-    assert size == expected_tree_size(FILES) + archive_size + SHASUM_SIZE
+    tar_size = cocov_tar_size(repo_path, sha, tmp_path)
+    assert size == expected_tree_size(FILES) + tar_size + archive_size + SHASUM_SIZE
     assert await storage.commit_exists(REPO, sha)
+
+
+async def test_clone_size_counts_what_cocov_counts_on_a_larger_tree(
+    fake: FakeGitHub, storage: LocalStorage, clone: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Many records of tar output, names over tar's 100-character field, hidden files.
+    rng = random.Random(7)
+    files = {f"lib/mod{n:03d}/" + "long-name-" * 12 + f"{n}.rb": b"x = 1\n" * n for n in range(150)}
+    files |= {f"assets/blob{n}.bin": rng.randbytes(200_000) for n in range(3)}
+    files |= {".hidden/config": b"secret: no\n" * 100, "lib/.keep": b""}
+    fake.add_repo("large", files=files)
+    sha = fake.head("large")
+
+    size = await clone(storage, sha, repo_name="large")
+
+    repo_path = storage.base / repo_dir("large")
+    tar_size = cocov_tar_size(repo_path, sha, tmp_path)
+    assert tar_size > 600_000
+    archive_size = (repo_path / f"{sha}.tar.zst").stat().st_size
+    assert size == expected_tree_size(files) + tar_size + archive_size + SHASUM_SIZE
 
 
 async def test_archive_entries_are_prefixed_with_the_sha(
@@ -355,9 +385,10 @@ async def test_symlinks_and_modes_survive_and_escapes_are_not_counted(
     assert os.access(tree / "tool.sh", os.X_OK)
     archive = repo_path / f"{sha}.tar.zst"
     tree_bytes = len("#!/bin/sh\n") + 100 + 100  # tool.sh, data.txt, inside-link
-    assert size == tree_bytes + archive.stat().st_size + SHASUM_SIZE
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    tar_size = cocov_tar_size(repo_path, sha, scratch)
+    assert size == tree_bytes + tar_size + archive.stat().st_size + SHASUM_SIZE
     worker_check(repo_path, sha, scratch)
     volume = scratch / "volume"
     assert os.readlink(volume / "inside-link") == "data.txt"
@@ -576,7 +607,9 @@ async def test_s3_clone_uploads_cocov_keys_that_pass_the_worker_check(
     assert s3_storage.commit_path(REPO, sha) == f"{prefix}/{sha}"
     artifacts = download_artifacts(s3, bucket, prefix, sha, tmp_path / "artifacts")
     assert worker_check(artifacts, sha, tmp_path) == FILES
-    assert size == expected_tree_size(FILES) + keys[f"{prefix}/{sha}.tar.zst"] + SHASUM_SIZE
+    tar_size = (tmp_path / f"{sha}.tar").stat().st_size  # the stream worker_check decompressed
+    archive_size = keys[f"{prefix}/{sha}.tar.zst"]
+    assert size == expected_tree_size(FILES) + tar_size + archive_size + SHASUM_SIZE
     assert leftovers(tmp_path / "s3-work") == []
 
 

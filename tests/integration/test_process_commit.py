@@ -1,5 +1,5 @@
-"""``process_commit`` end to end (reference §2.4): clone, checks, author; failures and retries;
-the reconciliation sweep. Real git over the GitHub fake, real PostgreSQL and Redis.
+"""``process_commit`` end to end (docs/architecture.md §5.4): clone, checks, author; failures and
+retries; the reconciliation sweep. Real git over the GitHub fake, real PostgreSQL and Redis.
 """
 
 from __future__ import annotations

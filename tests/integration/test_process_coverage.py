@@ -1,4 +1,4 @@
-"""``process_coverage`` and ``post_coverage_status`` end to end (reference §2.5, DESIGN §4.8):
+"""``process_coverage`` and ``post_coverage_status`` end to end (docs/architecture.md §5.5, §7.8):
 manifests, minimums, exclusions, rejected files, idempotent history, status retries, a clone
 shared with ``process_commit``, and S3 storage. Real git (GitHub fake), PostgreSQL, Redis.
 """

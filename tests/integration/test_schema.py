@@ -1,6 +1,6 @@
-"""``db upgrade`` gives exactly Cocov's schema (reference §6) and is idempotent.
+"""``db upgrade`` gives exactly Cocov's schema (docs/architecture.md §6.1) and is idempotent.
 
-The expected schema below is transcribed from the reference, independently of the models.
+The expected schema below is transcribed from Cocov's ``db/schema.rb``, independently of the models.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -266,14 +268,65 @@ async def _gone(redis: aioredis.Redis, key: str) -> bool:
     return not await redis.exists(key)
 
 
-async def test_held_value_left_by_cocov_does_not_block_the_push(
-    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int
+#: How Cocov's API holds an upload for an unknown commit (``CoverageController#create``):
+#: ``SET key params[:data]`` through the Redis gem, which calls ``to_s`` on the parameters
+#: object, that is ``Hash#inspect`` of the reporter's map. Run with the real gems.
+COCOV_HOLD_SCRIPT = """
+require "json"; require "action_controller"; require "redis"
+params = ActionController::Parameters.new(JSON.parse($stdin.read))
+Redis.new(url: ARGV[0], db: Integer(ARGV[2])).set(ARGV[1], params[:data], ex: 7200)
+"""
+
+
+def ruby_with_rails_and_redis() -> bool:
+    if shutil.which("ruby") is None:
+        return False
+    probe = ["ruby", "-e", 'require "action_controller"; require "redis"']
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not ruby_with_rails_and_redis(), reason="ruby-actionpack/ruby-redis missing")
+async def test_coverage_held_by_cocovs_api_is_claimed_by_a_push(
+    services: Services,
+    redis: aioredis.Redis,
+    redis_url: str,
+    client: httpx.AsyncClient,
+    repo: int,
 ) -> None:
-    """Cocov stored Ruby's Hash#inspect text there (reference §4): discard it, register."""
-    await redis.set(held_key(repo), '{"a.rb"=>"AAAx"}', ex=contracts.DEFERRED_COVERAGE_TTL)
+    data = {**UPLOAD["data"], 'lib/"odd" #{name} é\t.rb': UPLOAD["data"]["app/models/user.rb"]}
+    body = json.dumps({"data": data, "commit_sha": PUSH_SHA})
+    db = str(redis.connection_pool.connection_kwargs["db"])  # the gem ignores unix://…?db=
+    hold = ["ruby", "-e", COCOV_HOLD_SCRIPT, redis_url, held_key(repo), db]
+    await asyncio.to_thread(subprocess.run, hold, input=body, text=True, check=True)
+    held = await redis.get(held_key(repo))
+    assert held is not None and held.startswith(b'{"') and b'"=>"' in held  # not JSON
+
+    response = await deliver(client, "push", payload("push"))
+
+    assert (response.status_code, response.json()["outcome"]) == (202, "applied")
+    [upload] = await uploads(services)
+    assert (upload["sha"], upload["data"]) == (PUSH_SHA, data)
+    queued = {j["entrypoint"]: j["args"] for j in await jobs(services)}
+    assert queued["process_coverage"] == {
+        "repository_id": repo,
+        "sha": PUSH_SHA,
+        "upload_id": upload["id"],
+    }
+    assert "process_commit" in queued
+    assert await redis.get(held_key(repo)) is None
+
+
+@pytest.mark.parametrize("held", ["bla", '{"a.rb"=>nil}', '{"a.rb"=>"AAAx"', "\xff{}"])
+async def test_unreadable_held_value_is_dropped_without_blocking_the_push(
+    services: Services, redis: aioredis.Redis, client: httpx.AsyncClient, repo: int, held: str
+) -> None:
+    """Neither JSON nor Ruby hash text (Cocov held a non-object ``data`` as is): dropped."""
+    raw = held.encode("latin-1") if held.startswith("\xff") else held.encode()
+    await redis.set(held_key(repo), raw, ex=contracts.DEFERRED_COVERAGE_TTL)
     response = await deliver(client, "push", payload("push"))
     assert (response.status_code, response.json()["outcome"]) == (202, "applied")
     assert [j["entrypoint"] for j in await jobs(services)] == ["process_commit"]
+    assert await uploads(services) == []
     assert await redis.get(held_key(repo)) is None
 
 

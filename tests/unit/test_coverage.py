@@ -26,8 +26,6 @@ from cocov_jobs.coverage import (
     group_blocks,
     measure_file,
     parse_lines,
-    ruby_float_to_s,
-    ruby_round2,
     summarize,
     validate_path,
 )
@@ -327,87 +325,6 @@ def test_rejected_file_records_path_and_reason() -> None:
 
 
 # --------------------------------------------------------------------------- status text
-
-
-@pytest.mark.parametrize(
-    ("value", "rounded"),
-    # Expected values printed by Ruby 3.1's Float#round(2).
-    [
-        (2.675, 2.68),
-        (1.005, 1.01),
-        (0.125, 0.13),
-        (94.28571428571429, 94.29),
-        (33.335, 33.34),
-        (0.285, 0.29),
-        (1.115, 1.12),
-        (8.345, 8.35),
-        (10.005, 10.01),
-        (99.995, 100.0),
-        (99.994999, 99.99),
-        (0.005, 0.01),
-        (0.015, 0.02),
-        (0.045, 0.05),
-        (57.14285714285714, 57.14),
-        (28.999999999999996, 29.0),
-        (66.66666666666666, 66.67),
-        (33.33333333333333, 33.33),
-        (-1.005, -1.01),
-        (-0.125, -0.13),
-        (-2.675, -2.68),
-        (1.0e-300, 0.0),
-        (5.0e-324, 0.0),
-        (123456789012345.67, 123456789012345.69),
-        (1.0e20, 1.0e20),
-        (0.30000000000000004, 0.3),
-        (4503599627370495.5, 4503599627370495.5),
-        (0.001, 0.0),
-        (0.994999999999999, 0.99),
-        (100.0, 100.0),
-        (0.0, 0.0),
-    ],
-)
-def test_ruby_round2(value: float, rounded: float) -> None:
-    assert ruby_round2(value) == rounded
-
-
-def test_ruby_round2_differs_from_python_round_on_decimal_halves() -> None:
-    assert (round(2.675, 2), ruby_round2(2.675)) == (2.67, 2.68)
-
-
-def test_ruby_round2_passes_through_non_finite_values_and_signed_zero() -> None:
-    assert math.isnan(ruby_round2(math.nan))
-    assert ruby_round2(math.inf) == math.inf
-    assert math.copysign(1.0, ruby_round2(-0.0)) == -1.0
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    # Expected values printed by Ruby 3.1's Float#to_s.
-    [
-        (94.29, "94.29"),
-        (0.0, "0.0"),
-        (-0.0, "-0.0"),
-        (100.0, "100.0"),
-        (50.5, "50.5"),
-        (33.33, "33.33"),
-        (5.0, "5.0"),
-        (123456789012345.0, "123456789012345.0"),
-        (1.0e15, "1.0e+15"),
-        (1.0e16, "1.0e+16"),
-        (1234567890123456.8, "1234567890123456.8"),
-        (12345678901234567.0, "1.2345678901234568e+16"),
-        (0.0001, "0.0001"),
-        (0.00012, "0.00012"),
-        (1.0e-05, "1.0e-05"),
-        (1.5e300, "1.5e+300"),
-        (-2.68, "-2.68"),
-        (math.inf, "Infinity"),
-        (-math.inf, "-Infinity"),
-        (math.nan, "NaN"),
-    ],
-)
-def test_ruby_float_to_s(value: float, text: str) -> None:
-    assert ruby_float_to_s(value) == text
 
 
 @pytest.mark.parametrize(

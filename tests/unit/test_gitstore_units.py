@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from cocov_jobs.gitstore.clone import (
     remote_url,
 )
 from cocov_jobs.gitstore.layout import archive_name, check_sha, relative_parts, shasum_name
+from cocov_jobs.gitstore.process import RELAY_CHUNK_SIZE, run_pipeline
 
 SHA = "a" * 40
 TOKEN = "ghs_SecretInstallationToken123"
@@ -159,10 +161,64 @@ def test_iter_tree_files_includes_hidden_files_when_asked(tmp_path: Path) -> Non
     assert names == [".cocov.yaml", "d/.keep"]
 
 
-def test_clone_size_is_tree_plus_archive_plus_shasum(tmp_path: Path) -> None:
+def test_clone_size_is_tree_plus_tar_plus_archive_plus_shasum(tmp_path: Path) -> None:
+    # The figures of Cocov's own spec (git_spec.rb, "calculates directory size"): 310.
     _write(tmp_path / "a.tar.zst", 50)
-    _write(tmp_path / "a.shasum", 71)
-    assert clone_size(128, tmp_path / "a.tar.zst", tmp_path / "a.shasum") == 128 + 50 + 71
+    _write(tmp_path / "a.shasum", 32)
+    assert clone_size(128, 100, tmp_path / "a.tar.zst", tmp_path / "a.shasum") == 310
+
+
+async def test_pipeline_relays_and_counts_every_byte(tmp_path: Path) -> None:
+    size = 3 * RELAY_CHUNK_SIZE + 12345
+    piped = await run_pipeline(
+        ("head", "-c", str(size), "/dev/urandom"),
+        ("sh", "-c", "cat > out"),
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert (piped.producer.returncode, piped.consumer.returncode) == (0, 0)
+    assert piped.relayed == size == (tmp_path / "out").stat().st_size
+
+
+async def test_pipeline_whose_consumer_dies_early_reports_both_statuses(tmp_path: Path) -> None:
+    # The producer's output goes on being read, so it finishes instead of blocking.
+    size = 4 * RELAY_CHUNK_SIZE
+    piped = await run_pipeline(
+        ("head", "-c", str(size), "/dev/zero"),
+        ("sh", "-c", "echo gone >&2; exit 3"),
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert (piped.producer.returncode, piped.relayed) == (0, size)
+    assert (piped.consumer.returncode, piped.consumer.stderr) == (3, b"gone\n")
+
+
+def _processes_running(marker: bytes) -> list[Path]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
+                found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+async def test_cancelled_pipeline_kills_both_processes_and_closes_its_pipes(
+    tmp_path: Path,
+) -> None:
+    marker = f"61.{os.getpid()}"
+    open_fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):  # the cancellation under test, not a wait
+            await run_pipeline(
+                ("sh", "-c", f"head -c 100000 /dev/zero; exec sleep {marker}"),
+                ("sh", "-c", f"cat >/dev/null; exec sleep {marker}"),
+                cwd=tmp_path,
+                env={"PATH": os.environ["PATH"]},
+            )
+    assert _processes_running(marker.encode()) == []
+    assert len(os.listdir("/proc/self/fd")) == open_fds
 
 
 def test_storage_from_settings_local_resolves_a_relative_base_once(

@@ -48,6 +48,21 @@ def load() -> Settings:
     return settings
 
 
+def warn_if_listing_misses_cocov(settings: Settings) -> None:
+    """One warning line when the organization listing would land where Cocov's API never looks.
+
+    With ``COCOV_REDIS_URL`` set and ``COCOV_REDIS_CACHE_URL`` not, the listing goes to the
+    primary Redis; Cocov's API reads it from ``COCOV_REDIS_CACHE_URL`` (its own default:
+    ``redis://redis:6379/1``), so its "add repository" page would not see it.
+    """
+    if settings.redis_url and not settings.redis_cache_url:
+        log.warning(
+            "COCOV_REDIS_CACHE_URL is not set: the organization repositories listing goes to "
+            "COCOV_REDIS_URL, but Cocov's API reads it from COCOV_REDIS_CACHE_URL "
+            "(redis://redis:6379/1 when unset); give both the same value"
+        )
+
+
 @contextlib.contextmanager
 def _stores(settings: Settings) -> Iterator[Stores]:
     try:

@@ -26,6 +26,7 @@ from cocov_jobs.cli.common import (
     run_async,
     run_with_services,
     serve_with_worker,
+    warn_if_listing_misses_cocov,
 )
 from cocov_jobs.cli.tokens import tokens_app
 from cocov_jobs.db.migrate import upgrade
@@ -60,6 +61,7 @@ def run(
 ) -> None:
     """Worker, web server and scheduler in one process (migrates the schema first)."""
     settings = load()
+    warn_if_listing_misses_cocov(settings)
 
     async def body(services: Services, found: Stores) -> None:
         await upgrade(services.engine, found.database_url)
@@ -88,6 +90,7 @@ def worker(
 ) -> None:
     """Run jobs (with Cocov's Sidekiq probe server unless --burst)."""
     settings = load()
+    warn_if_listing_misses_cocov(settings)
 
     async def body(services: Services, found: Stores) -> None:
         if found.embedded:

@@ -1,4 +1,5 @@
-"""SQLAlchemy models of Cocov's schema (reference §6, ``db/schema.rb`` 2023_04_15_014042).
+"""SQLAlchemy models of Cocov's schema (``db/schema.rb`` 2023_04_15_014042; docs/architecture.md
+§6.1).
 
 Names, types, nullability, defaults, unique indexes and enum integers match Cocov exactly, so
 cocov-jobs can run on an existing Cocov database. Foreign keys are plain (NO ACTION): every

@@ -1,4 +1,4 @@
-"""Repository membership levels from GitHub permissions (reference §3.8).
+"""Repository membership levels from GitHub permissions (docs/architecture.md §5.9).
 
 Levels are ordered integers, the values of ``repository_members.level``: ``user`` (0) <
 ``maintainer`` (1) < ``admin`` (2); repository-scoped authorization checks ``level >= required``.

@@ -2,10 +2,11 @@
 
 The archive is ``tar -cf - <sha>`` run in the tree's parent directory (entries prefixed
 ``<sha>/``, as the Worker's ``tar --strip-components=1`` expects) piped into ``zstd -T0``;
-no intermediate ``.tar`` is written. Entries are sorted by name and stamped with the commit
-time, so two builds of one commit on one host are byte-identical (zstd's multi-threaded
-output does not depend on the thread count): concurrent publishers of the same commit cannot
-pair one build's archive with another build's digest.
+no intermediate ``.tar`` is written: the tar bytes are counted as they stream through.
+Entries are sorted by name and stamped with the commit time, so two builds of one commit on
+one host are byte-identical (zstd's multi-threaded output does not depend on the thread
+count): concurrent publishers of the same commit cannot pair one build's archive with
+another build's digest.
 """
 
 from __future__ import annotations
@@ -97,13 +98,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def clone_size(tree_bytes: int, archive: Path, shasum: Path) -> int:
-    """Cocov's ``clone_size``: tree files (hidden ones skipped) + archive + digest file.
+def clone_size(tree_bytes: int, tar_bytes: int, archive: Path, shasum: Path) -> int:
+    """Cocov's ``clone_size``: tree files (hidden ones skipped) + ``.tar`` + ``.tar.zst`` +
+    ``.tar.zst.shasum``, the four sizes Cocov's ``update_commit_size`` adds up.
 
-    Cocov also added the size of the intermediate ``<sha>.tar``; that file is never written
-    here, so its size is not counted.
+    Cocov wrote the ``.tar`` to disk and took its size; ``tar_bytes`` is the same number, the
+    length of the uncompressed stream (GNU tar pads it to whole 10 KiB records either way).
     """
-    return tree_bytes + archive.stat().st_size + shasum.stat().st_size
+    return tree_bytes + tar_bytes + archive.stat().st_size + shasum.stat().st_size
 
 
 async def build_artifacts(parent: Path, sha: str, *, mtime: int, env: Mapping[str, str]) -> Build:
@@ -114,16 +116,17 @@ async def build_artifacts(parent: Path, sha: str, *, mtime: int, env: Mapping[st
     archive = parent / archive_name(sha)
     tar = ("tar", "--sort=name", f"--mtime=@{mtime}", "--format=gnu", "-cf", "-", sha)
     zstd = ("zstd", "-T0", "-q", "-o", str(archive))
-    (tar_result, zstd_result), tree_bytes = await asyncio.gather(
+    piped, tree_bytes = await asyncio.gather(
         run_pipeline(tar, zstd, cwd=parent, env=env),
         asyncio.to_thread(tree_size, parent / sha),
     )
-    _check("tar", tar_result)
-    _check("zstd", zstd_result)
+    _check("tar", piped.producer)
+    _check("zstd", piped.consumer)
     shasum = parent / shasum_name(sha)
     digest = await asyncio.to_thread(sha256_file, archive)
     await asyncio.to_thread(shasum.write_text, SHASUM_PREFIX + digest, encoding="ascii")
-    return Build(parent / sha, archive, shasum, clone_size(tree_bytes, archive, shasum))
+    size = clone_size(tree_bytes, piped.relayed, archive, shasum)
+    return Build(parent / sha, archive, shasum, size)
 
 
 def _check(program: str, result: Completed) -> None:

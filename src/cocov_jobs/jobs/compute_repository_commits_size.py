@@ -1,4 +1,4 @@
-"""``compute_repository_commits_size(repository_id)`` — reference §2.1, DESIGN §4.11."""
+"""``compute_repository_commits_size(repository_id)`` — docs/architecture.md §5.1, §7.11."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``destroy_repository(repository_id)`` — reference §2.2; DESIGN §4.4, §4.7.
+"""``destroy_repository(repository_id)`` — docs/architecture.md §5.2, §7.4.
 
 One transaction: lock the repository row, delete everything under it with set-based DELETEs in
 foreign-key order (:data:`DELETES`: children before parents, branches before the commits their

@@ -1,4 +1,4 @@
-"""``initialize_repository(repository_id)`` — reference §2.3; DESIGN §4.1, §4.2.
+"""``initialize_repository(repository_id)`` — docs/architecture.md §5.3, §7.2.
 
 1. Nothing to do when the repository is gone or its default branch already has a head.
 2. Ask GitHub for the newest commit of the default branch
@@ -6,7 +6,7 @@
    an empty repository (no commit) is left alone.
 3. In one transaction, :func:`~cocov_jobs.registration.register_head_commit`: create the commit
    or reuse the existing row, make it the head of the default branch, claim coverage uploaded
-   before the commit existed (DESIGN §4.1) and enqueue ``process_commit``. The repository row
+   before the commit existed (§7.1) and enqueue ``process_commit``. The repository row
    is re-read there under a share lock: if the branch got a head meanwhile (a push), nothing is
    changed; if its name or default branch changed, the job is retried to ask GitHub again.
 4. After the commit, :meth:`~cocov_jobs.registration.Registration.after_commit` forgets the

@@ -1,10 +1,10 @@
 """``move_repository_storage(repository_id, old_name)`` — stored clones follow a rename.
 
-Storage is keyed by ``sha1(repository name)`` (reference §3.1), so a rename would orphan the
-clones (DESIGN §4.10). The ``repository`` ``renamed`` webhook sets the new name and enqueues
-this job in the same transaction; the job moves ``sha1(old_name)`` to ``sha1(current name)``
-(:meth:`~cocov_jobs.gitstore.CommitStorage.rename_repository`, which merges into commits
-already stored under the new name).
+Storage is keyed by ``sha1(repository name)`` (docs/architecture.md §6.5), so a rename would orphan
+the clones (§7.10). The ``repository`` ``renamed`` webhook sets the new name and enqueues this job
+in the same transaction; the job moves ``sha1(old_name)`` to ``sha1(current name)``
+(:meth:`~cocov_jobs.gitstore.CommitStorage.rename_repository`, which merges into commits already
+stored under the new name).
 
 Reading the *current* name when it runs makes any order of successive renames end with every
 clone under the latest name. It does nothing when the repository is gone (``destroy_repository``

@@ -1,11 +1,11 @@
 """``post_coverage_status(commit_id)`` — the ``cocov/coverage`` status of recorded coverage.
 
 Enqueued by ``process_coverage`` in the transaction that records the coverage, and retried on
-its own: a GitHub failure here never touches the recorded coverage (reference §2.5 step 6,
-DESIGN §4.8). The status is ``failure`` with ``"<P>% covered (at least <min>% is required)"``
+its own: a GitHub failure here never touches the recorded coverage (docs/architecture.md §6.8,
+§7.17). The status is ``failure`` with ``"<P>% covered (at least <min>% is required)"``
 when ``commits.minimum_coverage`` is set and the percentage is below it, else ``success`` with
-``"<P>% covered"`` — also for a manifest whose ``coverage`` section sets no minimum (DESIGN
-§4.13; Cocov posted nothing then). Nothing is posted unless the commit's coverage is
+``"<P>% covered"`` — also for a manifest whose ``coverage`` section sets no minimum (§7.13;
+Cocov posted nothing then). Nothing is posted unless the commit's coverage is
 ``completed`` (a newer upload being processed will post its own).
 """
 

@@ -1,4 +1,4 @@
-"""``process_commit(commit_id)`` — reference §2.4, DESIGN §4.5, §4.7, §4.11.
+"""``process_commit(commit_id)`` — docs/architecture.md §5.4, §7.5, §7.7, §7.11.
 
 Clone the commit into storage (:func:`~cocov_jobs.clones.ensure_cloned`), run its checks
 (:func:`~cocov_jobs.checks.run_checks`), then link it to its author
@@ -44,7 +44,7 @@ async def process_commit(ctx: JobContext, commit_id: int) -> None:
 
 
 async def adjust_associated_user(services: Services, commit_id: int) -> None:
-    """Set ``commits.user_id`` to the owner of ``author_email`` (case-insensitive, §3.10).
+    """Set ``commits.user_id`` to the owner of ``author_email`` (case-insensitive).
 
     Without a matching ``user_emails`` row the current association is kept.
     """

@@ -1,4 +1,4 @@
-"""``process_coverage(repository_id, sha, upload_id)`` — reference §2.5, DESIGN §4.8.
+"""``process_coverage(repository_id, sha, upload_id)`` — docs/architecture.md §5.5, §7.8.
 
 1. The upload (``cocov_jobs_coverage_uploads``) is gone, or was recorded already, or a newer
    upload for the same commit exists: nothing to do (the newer one's job records it). A

@@ -1,8 +1,8 @@
-"""``purge_repository_cache(repository_id)`` — follow-up of ``destroy_repository`` (DESIGN §4.4).
+"""``purge_repository_cache(repository_id)`` — follow-up of ``destroy_repository``.
 
-Pushes Cocov's ``purge-repository`` housekeeping task (reference §3.6) for a destroyed
-repository to the Cache service, after the destroy committed. Exactly one task per repository
-id, however often this job runs (retries, a worker killed after the push): the push and a
+Pushes Cocov's ``purge-repository`` housekeeping task (docs/architecture.md §5.2, §6.4) for a
+destroyed repository to the Cache service, after the destroy committed. Exactly one task per
+repository id, however often this job runs (retries, a worker killed after the push): the push and a
 marker key :func:`purge_requested_key` are written together by one Lua script, and a second run
 finds the marker. Repository ids are never reused, so the id is the idempotency key. Without
 ``COCOV_CACHE_SERVICE_URL`` (unset since the destroy) nothing is pushed.

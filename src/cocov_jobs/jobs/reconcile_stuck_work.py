@@ -1,4 +1,4 @@
-"""``reconcile_stuck_work()`` — the periodic sweep Cocov lacks (DESIGN §4.14, reference §9.9).
+"""``reconcile_stuck_work()`` — the periodic sweep Cocov lacks (docs/architecture.md §4.8, §7.14).
 
 A commit or check set is *stuck* when, for longer than :data:`STUCK_AFTER_MINUTES`:
 

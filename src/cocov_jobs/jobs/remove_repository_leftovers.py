@@ -1,5 +1,5 @@
 """``remove_repository_leftovers(repository_id, repository_name)`` — follow-up of
-``destroy_repository`` (DESIGN §4.4).
+``destroy_repository`` (docs/architecture.md §5.2).
 
 After the destroy committed, removes what lives outside PostgreSQL:
 

@@ -1,4 +1,4 @@
-"""``request_cache_eviction(repository_id)`` — reference §2.6, DESIGN §4.3."""
+"""``request_cache_eviction(repository_id)`` — docs/architecture.md §5.6, §7.3."""
 
 from __future__ import annotations
 

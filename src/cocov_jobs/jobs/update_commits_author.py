@@ -1,4 +1,4 @@
-"""``update_commits_author(user_id)`` — reference §2.7, DESIGN §4.9."""
+"""``update_commits_author(user_id)`` — docs/architecture.md §5.7, §7.9."""
 
 from __future__ import annotations
 

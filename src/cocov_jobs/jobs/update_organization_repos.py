@@ -1,4 +1,4 @@
-"""``update_organization_repos()`` — reference §2.8, §3.11; DESIGN §4.14.
+"""``update_organization_repos()`` — docs/architecture.md §5.8, §6.2, §7.14.
 
 Lists every repository of ``COCOV_GITHUB_ORG_NAME`` with the installation token and stores
 Cocov's listing cache in the *cache* Redis (Cocov's db1), where Cocov's API reads it:

@@ -1,4 +1,4 @@
-"""``update_repo_permissions(repository_id)`` — reference §2.9, §3.8; DESIGN §4.9.
+"""``update_repo_permissions(repository_id)`` — docs/architecture.md §5.9, §7.9.
 
 Mirrors the repository's GitHub collaborators (``GET /repositories/{github_id}/collaborators``,
 installation token, every page) into ``repository_members``, one row per collaborator whether

@@ -1,4 +1,4 @@
-"""``update_user_permissions(user_id)`` — reference §2.10, §3.8; DESIGN §4.9.
+"""``update_user_permissions(user_id)`` — docs/architecture.md §5.10, §7.9.
 
 Mirrors the user's own view of the organization (``GET /orgs/{org}/repos`` with the user's
 OAuth token, every page; each item carries that user's ``permissions``) into the

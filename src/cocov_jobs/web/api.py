@@ -1,4 +1,4 @@
-"""The service API: enqueue jobs, report events, read a job's state (DESIGN §6).
+"""The service API: enqueue jobs, report events, read a job's state (docs/architecture.md §6.9).
 
 Every route needs ``Authorization: bearer <service token>`` (:mod:`~cocov_jobs.web.auth`;
 401 without a valid one). Bodies are JSON objects of at most :data:`MAX_API_BYTES`.
@@ -8,7 +8,7 @@ Every route needs ``Authorization: bearer <service token>`` (:mod:`~cocov_jobs.w
   202 ``{"job_id": <id>}``; 202 ``{"job_id": null, "deduplicated": true}`` when the job's
   dedupe key already has a copy waiting; 404 ``jobs.unknown``; 422 ``jobs.invalid_arguments``.
 * ``POST /v1/events/{event}`` with ``{"user_id": <users.id>}`` — enqueues what Cocov's login
-  path enqueues (reference §5.4), see :data:`EVENT_JOBS`. 202 ``{"jobs": {<job>: <id|null>}}``;
+  path enqueues, see :data:`EVENT_JOBS`. 202 ``{"jobs": {<job>: <id|null>}}``;
   404 ``events.unknown`` / ``users.not_found``; 422 ``events.invalid_arguments``.
 * ``GET /v1/jobs/{id}`` — 200 ``{"id", "job", "state", "attempts", "error"}``: ``job`` the
   task name; ``state`` one of :data:`cocov_jobs.engine.admin.STATES` while the job is in the queue,

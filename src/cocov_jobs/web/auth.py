@@ -1,4 +1,4 @@
-"""Request authentication, with Cocov's error codes (reference §1.3).
+"""Request authentication, with Cocov's error codes (docs/architecture.md §6.9).
 
 Two credentials, both in the ``Authorization`` header (scheme matched case-insensitively):
 

@@ -1,7 +1,8 @@
 """Cocov's error envelope and the exception handlers that produce it.
 
-Every error answer has the body ``{"code": "<dotted.path>", "message": "<text>"}`` (reference
-§1.3). Routes raise :class:`ApiError` for request errors; the handlers below turn the rest into:
+Every error answer has the body ``{"code": "<dotted.path>", "message": "<text>"}``
+(docs/architecture.md §6.9). Routes raise :class:`ApiError` for request errors; the handlers below
+turn the rest into:
 
 * 503 ``service.unavailable`` with ``Retry-After: RETRY_AFTER_SECONDS`` when PostgreSQL or
   Redis cannot be reached (:func:`store_unavailable`) — the request changed nothing that

@@ -1,4 +1,5 @@
-"""``POST /v1/reports``: coverage uploads from Cocov's coverage reporter (reference §1.3, §3.5, §4).
+"""``POST /v1/reports``: coverage uploads from Cocov's coverage reporter
+(docs/architecture.md §6.7, §6.9, §7.1).
 
 Request: ``Authorization: token <repositories.token>`` and the JSON body
 ``{"data": {"<path>": "<base64>", …}, "commit_sha": "<sha>"}``. Answers, in check order:

@@ -1,4 +1,4 @@
-"""``POST /v1/github/events``: GitHub webhooks (reference §5.1, DESIGN §4.6).
+"""``POST /v1/github/events``: GitHub webhooks (docs/architecture.md §6.9, §7.6).
 
 Checks, in this order; nothing is written when one fails:
 
