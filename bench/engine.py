@@ -17,7 +17,7 @@ concurrency (``--concurrency``, default 10, 20 and 40) the jobs are first enqueu
 inserts of ``--batch`` jobs per transaction, timed: "enqueue jobs/s"), then drained by ONE
 worker process: this file run as ``python bench/engine.py _worker`` (a hidden sub-command),
 which imports this module (registering the bench jobs) and runs
-``cocov_jobs.worker.Worker(services, burst=True, concurrency=N)``.
+``cocov_jobs.engine.worker.Worker(services, burst=True, concurrency=N)``.
 
 What is measured, stamped with the wall clock inside the worker process:
 

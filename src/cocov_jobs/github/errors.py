@@ -1,4 +1,4 @@
-"""GitHub answers mapped to the engine's retry classes (:mod:`cocov_jobs.errors`).
+"""GitHub answers mapped to the engine's retry classes (:mod:`cocov_jobs.engine.retry`).
 
 * 403 or 429 with ``X-RateLimit-Remaining: 0`` (primary rate limit) → :class:`GitHubRateLimited`
   (a :class:`~cocov_jobs.engine.retry.Deferred`): run again once the limit resets.
