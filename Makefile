@@ -1,9 +1,10 @@
-# The README's commands. `make setup` installs everything; `make test` runs the whole suite.
+# The README's commands. `make setup` installs everything; `make test` runs the whole suite
+# (it writes only to temporary directories); `make screenshots` refreshes docs/screenshots/.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-packages test lint run
+.PHONY: setup system-packages test screenshots lint run
 
 setup: system-packages $(BIN)/cocov-jobs
 
@@ -32,6 +33,10 @@ $(BIN)/cocov-jobs: pyproject.toml
 
 test:
 	$(BIN)/pytest -q
+
+# The dashboard's browser test, saving its screenshots where the README shows them.
+screenshots:
+	COCOV_TEST_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/pytest -q tests/acceptance/test_browser.py
 
 lint:
 	$(BIN)/ruff check src tests bench

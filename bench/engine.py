@@ -68,7 +68,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,6 +89,7 @@ from cocov_jobs.db.models import Repository, utc_now
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import Registry, job
+from cocov_jobs.testing.processes import free_port
 
 #: Targets on the 2-core machine (drain jobs/s of our engine); ``real_asyncpg`` is held to the
 #: real-shaped target too.
@@ -474,18 +474,12 @@ def ensure_sidekiq_packages() -> list[str]:
     return missing
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def private_redis(work_dir: Path) -> Iterator[str]:
     """A throw-away ``redis-server`` on a free loopback port (no persistence)."""
     import redis
 
-    port = _free_port()
+    port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     argv += ["--appendonly", "no", "--dir", str(work_dir)]
     argv += ["--logfile", str(work_dir / "redis.log")]

@@ -39,7 +39,6 @@ import hmac
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from machine import machine
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
 from cocov_jobs.testing.databases import scratch_database
+from cocov_jobs.testing.processes import CLI, cli_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PUSH_TEMPLATE = ROOT / "tests" / "data" / "github" / "push.json"
@@ -103,17 +103,10 @@ async def bench_database(server_url: str, repositories: int) -> AsyncIterator[st
         yield url
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def web_server(database_url: str, redis_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m cocov_jobs web`` on 127.0.0.1:``port``; stopped (SIGTERM) on exit."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COCOV_")}
-    env.update(
+    env = cli_env(
         COCOV_DATABASE_URL=database_url,
         COCOV_REDIS_URL=redis_url,
         COCOV_REDIS_CACHE_URL=redis_url,
@@ -121,7 +114,7 @@ def web_server(database_url: str, redis_url: str, port: int) -> Iterator[subproc
         COCOV_LOG_FORMAT="json",
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "cocov_jobs", "web", "--host", "127.0.0.1", "--port", str(port)],
+        [*CLI, "web", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -271,7 +264,7 @@ def percentile(values: list[float], fraction: float) -> float:
 async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> dict[str, Any]:
     work = deliveries(args.requests, args.repositories, args.branches)
     async with bench_database(server_url, args.repositories) as database_url:
-        port = _free_port()
+        port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         with web_server(database_url, redis_url, port) as process:
             await wait_ready(base_url, process)

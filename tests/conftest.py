@@ -3,6 +3,8 @@
 ``COCOV_TEST_DATABASE_URL`` / ``COCOV_TEST_REDIS_URL`` select servers (CI points them at the
 machine's services); when unset, embedded ones are started under ``$TMPDIR`` for the session.
 Each test gets its own database, cloned from a migrated template, and a flushed Redis db.
+Shared helpers live in :mod:`tests.support` (fixtures used across tiers are registered below)
+and, for what the benchmarks also use, in :mod:`cocov_jobs.testing`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -23,6 +24,9 @@ from cocov_jobs.db.session import asyncpg_dsn, create_engine
 from cocov_jobs.engine.registry import Registry
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing.databases import test_servers, with_database
+from tests.support.settings import make_settings
+
+pytest_plugins = ["tests.support.s3"]
 
 
 @pytest.fixture(scope="session")
@@ -92,19 +96,6 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     finally:
         await client.flushdb()
         await client.aclose()
-
-
-def make_settings(**overrides: Any) -> Settings:
-    """Settings for tests: fast retries, short timeouts, plus ``overrides``."""
-    values: dict[str, Any] = {
-        "retry_base_seconds": 0.05,
-        "retry_max_seconds": 0.2,
-        "heartbeat_timeout": 30.0,
-        "shutdown_timeout": 5.0,
-        "github_org_name": "acme",
-    }
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture

@@ -15,51 +15,39 @@ them without touching the machine's own PostgreSQL (5432) or Redis (6379):
 * :func:`start_worker`, :func:`stop_process`, :func:`web_process` — the product's own commands
   as subprocesses; :func:`serve_app` — the web app in this process (uvicorn, ephemeral port);
 * :func:`push_body` / :func:`signed_push` — GitHub push deliveries signed with :data:`SECRET`;
-* :func:`until` — poll a condition with a deadline; :func:`summary` — the one final line
-  ``SCENARIO <name> trials=<n> failures=<n> key=value…``, also written to
-  ``bench/results/faults/<name>.json`` (:func:`write_result` writes any record there); returns
-  the exit status.
+* :func:`until` — poll a condition with a deadline (pass :data:`WAIT` or a scenario's own);
+  :func:`summary` — the one final line ``SCENARIO <name> trials=<n> failures=<n> key=value…``,
+  also written to ``bench/results/faults/<name>.json`` or another ``results_dir``
+  (:func:`write_result` writes any record there); returns the exit status.
 
 Run a scenario as ``python bench/faults/<name>.py`` from the repository root, in the venv.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the test helpers below live in the repository's tests/
-    sys.path.insert(0, str(ROOT))
-
-from tests.acceptance.conftest import CLI, cli_env  # noqa: E402
-from tests.integration.test_web_end_to_end import settings_env  # noqa: E402
-from tests.integration.test_web_server import (  # noqa: E402
-    SECRET,
-    http_client,
-    payload,
-    webhook_headers,
-)
-
-from cocov_jobs.config import Settings  # noqa: E402
-from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis, _service_user  # noqa: E402
-from cocov_jobs.testing import FakeGitHub  # noqa: E402
-from cocov_jobs.testing.databases import scratch_database  # noqa: E402
+from cocov_jobs.config import Settings
+from cocov_jobs.embedded import EmbeddedPostgres, EmbeddedRedis, _service_user
+from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.databases import scratch_database
+from cocov_jobs.testing.processes import CLI, cli_env, free_port, settings_env, until
+from cocov_jobs.testing.servers import http_client
+from cocov_jobs.testing.webhooks import SECRET, webhook_headers
 
 __all__ = [
+    "RESULTS_DIR",
     "ROOT",
     "SECRET",
     "WAIT",
@@ -83,12 +71,13 @@ __all__ = [
     "write_result",
 ]
 
+ROOT = Path(__file__).resolve().parents[2]
 #: Where each scenario writes its JSON result.
 RESULTS_DIR = ROOT / "bench" / "results" / "faults"
+#: GitHub's push payload (the tests' fixture).
+PUSH_PAYLOAD = ROOT / "tests" / "data" / "github" / "push.json"
 #: Upper bound for any single wait on a condition (server start, a drain step).
 WAIT = 120.0
-#: Interval between two polls of a condition.
-POLL_INTERVAL = 0.05
 #: ``COCOV_CRYPTOGRAPHIC_KEY`` of the scenarios (32 bytes).
 CRYPTO_KEY = "0123456789abcdef0123456789abcdef"
 
@@ -224,16 +213,10 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = WAIT) -> int
     return process.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def web_process(env: dict[str, str], log: Path | None = None) -> AsyncIterator[str]:
     """``cocov-jobs web`` on a free 127.0.0.1 port; yield its base URL once it answers."""
-    port = _free_port()
+    port = free_port()
     process = _spawn(["web", "--host", "127.0.0.1", "--port", str(port)], env, log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -247,7 +230,7 @@ async def web_process(env: dict[str, str], log: Path | None = None) -> AsyncIter
                 except httpx.TransportError:
                     return False
 
-            await until(live)
+            await until(live, WAIT)
         yield url
     finally:
         stop_process(process)
@@ -276,7 +259,7 @@ serve_app = http_client
 
 def push_body(github_id: int, name: str, sha: str, branch: str = "main") -> dict[str, Any]:
     """GitHub's push payload (``tests/data/github/push.json``) for ``sha`` on ``branch``."""
-    body = payload("push")
+    body: dict[str, Any] = json.loads(PUSH_PAYLOAD.read_text())
     body["ref"] = f"refs/heads/{branch}"
     body["after"] = sha
     body["repository"] = body["repository"] | {"id": github_id, "name": name}
@@ -303,25 +286,22 @@ async def signed_push(
 # Polling and reporting -------------------------------------------------------------------------
 
 
-async def until(condition: Callable[[], Awaitable[bool]], within: float = WAIT) -> None:
-    """Poll ``condition`` until it holds; :class:`TimeoutError` after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 - state of other processes
-            await asyncio.sleep(POLL_INTERVAL)
-
-
-def write_result(name: str, record: dict[str, Any]) -> Path:
-    """Write ``record`` (plus the time) to ``bench/results/faults/<name>.json``; return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_result(name: str, record: dict[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write ``record`` (plus the time) to ``<results_dir>/<name>.json``; return the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
     stamped = {**record, "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
     path.write_text(json.dumps(stamped, indent=2) + "\n")
     return path
 
 
-def summary(name: str, trials: int, failures: int, **figures: object) -> int:
-    """Print ``SCENARIO name trials=… failures=… k=v…``, write the JSON; return the exit status."""
-    write_result(name, {"scenario": name, "trials": trials, "failures": failures, **figures})
+def summary(
+    name: str, trials: int, failures: int, results_dir: Path = RESULTS_DIR, **figures: object
+) -> int:
+    """Print ``SCENARIO name trials=… failures=… k=v…``, write the JSON into ``results_dir``;
+    return the exit status."""
+    record = {"scenario": name, "trials": trials, "failures": failures, **figures}
+    write_result(name, record, results_dir)
     shown = " ".join(f"{key}={value}" for key, value in figures.items())
     print(f"SCENARIO {name} trials={trials} failures={failures} {shown}".rstrip(), flush=True)
     return 1 if failures else 0

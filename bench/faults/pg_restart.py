@@ -36,6 +36,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 from common import (
+    WAIT,
     bench_settings,
     migrated_database,
     private_postgres,
@@ -180,7 +181,7 @@ async def restart_during(pg: EmbeddedPostgres, load: Load) -> list[float]:
         async def reached(threshold: int = threshold) -> bool:
             return load.answered >= threshold
 
-        await until(reached)
+        await until(reached, WAIT)
         times.append(time.monotonic())
         await asyncio.to_thread(restart_postgres, pg)
     return times

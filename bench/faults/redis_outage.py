@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 from common import (
+    WAIT,
     bench_settings,
     migrated_database,
     private_postgres,
@@ -177,7 +178,7 @@ async def main() -> int:
                         async def ready() -> bool:
                             return probe.last == 200
 
-                        await until(ready)
+                        await until(ready, WAIT)
                         # The outage -------------------------------------------------------
                         rd.stop()
                         outage_started = time.monotonic()
@@ -185,7 +186,7 @@ async def main() -> int:
                         async def not_ready() -> bool:
                             return probe.last == 503
 
-                        await until(not_ready)
+                        await until(not_ready, WAIT)
                         probe.redis_down = True
                         async with services.sessions.begin() as session:
                             db_jobs = [
@@ -237,7 +238,7 @@ async def main() -> int:
 
                         await until(redis_work_done, PHASE_DEADLINE)
                         recovery = time.monotonic() - back
-                        await until(ready)
+                        await until(ready, WAIT)
                         poller.cancel()
                     failed = int(
                         await conn.fetchval("SELECT count(*) FROM pgqueuer WHERE status = 'failed'")

@@ -28,12 +28,15 @@ Places searched (a finding for any secret in any of them is a failure):
 * the stored clones: no ``.git`` anywhere (files or archive members), no secret in any file or
   in the decompressed ``.tar.zst`` archives.
 
-Usage: ``python bench/faults/secret_leaks.py`` (about 20 s). Named ``secret_leaks`` because a
-``secrets.py`` next to the other scenarios would shadow Python's own ``secrets`` module.
+Usage: ``python bench/faults/secret_leaks.py [--results-dir DIR]`` (about 20 s; the JSON result
+goes to ``bench/results/faults/`` unless ``DIR`` is given, as the test does). Named
+``secret_leaks`` because a ``secrets.py`` next to the other scenarios would shadow Python's own
+``secrets`` module.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import subprocess
@@ -52,6 +55,7 @@ import httpx
 import redis.asyncio as aioredis
 from common import (
     CRYPTO_KEY,
+    RESULTS_DIR,
     SECRET,
     bench_settings,
     migrated_database,
@@ -441,7 +445,7 @@ async def scenario(scratch: Path) -> Evidence:
     return evidence
 
 
-def main() -> int:
+def main(results_dir: Path) -> int:
     with scratch_dir(SCENARIO) as scratch:
         evidence = asyncio.run(scenario(scratch))
     for finding in evidence.leaks + evidence.problems:
@@ -456,6 +460,7 @@ def main() -> int:
     )
     return summary(
         SCENARIO,
+        results_dir=results_dir,
         trials=checked,
         failures=len(evidence.leaks) + len(evidence.problems),
         secrets=evidence.secrets,
@@ -470,4 +475,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where secrets.json is written"
+    )
+    sys.exit(main(parser.parse_args().results_dir))

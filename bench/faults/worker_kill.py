@@ -49,6 +49,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from common import (
+    WAIT,
     bench_settings,
     migrated_database,
     private_postgres,
@@ -60,7 +61,6 @@ from common import (
     summary,
     until,
 )
-from tests.integration.pipeline_fixtures import covered
 
 from cocov_jobs import contracts
 from cocov_jobs import jobs as product_jobs
@@ -69,6 +69,7 @@ from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import queue
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.coverage import covered
 
 #: SIGKILLs of a worker during the run.
 KILLS = 20
@@ -305,7 +306,7 @@ async def kill_and_restart(
     async def holds_a_job() -> bool:
         return bool(await pool.fetch(_VICTIM_PICKED, worker.pid))
 
-    await until(holds_a_job)
+    await until(holds_a_job, WAIT)
     victim_id = await pool.fetchval(_WORKER_ID, worker.pid)
     await asyncio.sleep(rng.uniform(*KILL_DELAY))  # the random kill point is the fault itself
     worker.send_signal(signal.SIGKILL)

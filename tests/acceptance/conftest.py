@@ -1,23 +1,14 @@
-"""Helpers to run the ``cocov-jobs`` command as a separate process."""
+"""The ``cli`` fixture: the ``cocov-jobs`` command as a separate process, on the test stores."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "cocov_jobs"]
-
-
-def cli_env(**values: str) -> dict[str, str]:
-    """The parent environment without any ``COCOV_*`` variable, plus ``values``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COCOV_")}
-    env.update(values)
-    return env
+from cocov_jobs.testing.processes import CLI, cli_env
 
 
 @pytest.fixture

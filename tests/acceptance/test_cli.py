@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from cocov_jobs import contracts
 from cocov_jobs.services import Services
-from tests.helpers import insert, jobs
+from tests.support.helpers import insert, jobs
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DATA = Path(__file__).parent.parent / "data" / "coverage"

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from cocov_jobs.cli import demo, demo_sample
-from tests.acceptance.conftest import CLI, cli_env
+from cocov_jobs.testing.processes import CLI, cli_env
 
 #: Seconds the whole demo may take (embedded stores included).
 DEMO_TIMEOUT = 60

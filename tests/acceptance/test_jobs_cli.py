@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
-from tests.helpers import job_log, jobs
-from tests.integration.test_admin import failed_job
+from tests.support.admin import failed_job
+from tests.support.helpers import job_log, jobs
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

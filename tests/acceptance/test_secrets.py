@@ -3,11 +3,13 @@
 The script runs the whole pipeline (web and worker processes, JSON logs at DEBUG) with known
 tokens and keys, then searches the logs, the recorded errors and job arguments, the command
 lines of the git processes sampled during a slow clone, and the stored clones; it exits 0 only
-when no secret was found anywhere and every place searched held something to search.
+when no secret was found anywhere and every place searched held something to search. Its JSON
+result goes to the test's temporary directory, not ``bench/results/``.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +22,9 @@ TIMEOUT = 120
 
 
 @pytest.mark.slow
-def test_no_secret_in_logs_errors_job_arguments_command_lines_or_clones() -> None:
+def test_no_secret_in_logs_errors_job_arguments_command_lines_or_clones(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT)],
+        [sys.executable, str(SCRIPT), "--results-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -33,3 +35,4 @@ def test_no_secret_in_logs_errors_job_arguments_command_lines_or_clones() -> Non
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("SCENARIO secrets ")
     assert " failures=0 " in summary
+    assert json.loads((tmp_path / "secrets.json").read_text())["failures"] == 0

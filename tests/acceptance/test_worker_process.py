@@ -14,21 +14,11 @@ from sqlalchemy import text
 
 from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
-from tests.acceptance.conftest import CLI, cli_env
-from tests.helpers import insert, job_log, jobs
-
-#: Upper bound for waiting on a condition in these tests.
-WAIT = 60.0
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env, free_port, until
+from tests.support.helpers import insert, job_log, jobs
 
 #: (job id, repository id, release the row lock)
 Blocked = tuple[int, int, Callable[[], Awaitable[None]]]
-
-
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Poll ``condition`` until it holds, at most :data:`WAIT` seconds (other processes)."""
-    async with asyncio.timeout(WAIT):
-        while not await condition():  # noqa: ASYNC110 - another process, no event to await
-            await asyncio.sleep(0.05)
 
 
 def start_worker(
@@ -217,7 +207,7 @@ async def test_run_on_embedded_stores_serves_probes_and_reuses_data(tmp_path: Pa
     env = cli_env(COCOV_DATA_DIR=str(data_dir), COCOV_LOG_FORMAT="json")
     for round_ in range(2):
         log = tmp_path / f"run{round_}.log"
-        port = _free_port()
+        port = free_port()
         proc = start_run(env, log, port)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -253,11 +243,3 @@ def start_run(env: dict[str, str], log: Path, port: int) -> subprocess.Popen[str
             stderr=stderr,
             text=True,
         )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, job_log, jobs
+from tests.support.admin import enqueue, failed_job
+from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import jobs as product_jobs
 from cocov_jobs import logs
@@ -22,26 +22,10 @@ from cocov_jobs.engine.registry import Registry, job
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.processes import until
 
-#: A payload update_commits_author rejects at once (permanent failure, with a traceback).
-BAD_PAYLOAD = b'{"user_id": "not a number"}'
 #: The webhook secret the settings carry (must never be logged).
 WEBHOOK_SECRET = "whsec-not-for-logs"
-
-
-async def failed_job(services: Services) -> int:
-    """A job held as failed by a real worker run."""
-    async with services.sessions.begin() as session:
-        job_id = await session.scalar(
-            text(
-                "INSERT INTO pgqueuer (priority, entrypoint, payload, status)"
-                " VALUES (0, 'update_commits_author', :p, 'queued') RETURNING id"
-            ),
-            {"p": BAD_PAYLOAD},
-        )
-    await drain(services, horizon=0)
-    assert int(job_id) in [j["id"] for j in await jobs(services) if j["status"] == "failed"]
-    return int(job_id)
 
 
 #: Set when ``_test_blocking`` starts; it then waits until cancelled.
@@ -57,13 +41,6 @@ async def _test_blocking(ctx: JobContext) -> None:
 @pytest.fixture
 def registry() -> Registry:
     return product_jobs.registry().including(_test_blocking)
-
-
-async def enqueue(services: Services, *, delay: float = 0.0, user_id: int = 1) -> int:
-    async with services.sessions.begin() as session:
-        job_id = await queue.enqueue(session, "update_commits_author", delay=delay, user_id=user_id)
-    assert job_id is not None
-    return job_id
 
 
 async def test_states_pages_and_details(services: Services) -> None:
@@ -123,9 +100,7 @@ async def test_cancel_interrupts_a_running_job(services: Services) -> None:
     await asyncio.wait_for(BLOCKING_STARTED.wait(), 30)
     assert (await admin.list_jobs(services, state="running"))[0].worker is not None
     assert await admin.cancel(services, job_id)
-    async with asyncio.timeout(30):
-        while worker.running_jobs:  # noqa: ASYNC110 - the worker exposes no event
-            await asyncio.sleep(0.05)
+    await until(lambda: not worker.running_jobs, 30)
     worker.stop()
     await asyncio.wait_for(run, 30)
     assert await jobs(services) == []

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from tests.helpers import insert
-from tests.integration.pipeline_fixtures import (
+from tests.support.helpers import insert
+from tests.support.pipeline import (
     CRYPTO_KEY,
     UI,
     Pushed,

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from tests.helpers import insert, jobs
-from tests.integration.test_admin import enqueue, failed_job
+from tests.support.admin import enqueue, failed_job
+from tests.support.helpers import insert, jobs
 
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.engine import admin

@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, jobs
+from tests.support.helpers import drain, insert, jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.engine import queue

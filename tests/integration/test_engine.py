@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.helpers import drain, job_log, jobs
+from tests.support.helpers import drain, job_log, jobs
 
 from cocov_jobs import jobs as product_jobs
 from cocov_jobs.engine import queue
@@ -90,7 +90,7 @@ async def test_transient_error_is_retried_with_backoff(services: Services) -> No
 
 
 async def test_attempts_are_capped(services: Services, settings: object) -> None:
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     services.settings = make_settings(max_attempts=3)
     async with services.sessions.begin() as session:

@@ -20,9 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from cocov_jobs.config import Settings
 from cocov_jobs.gitstore import CloneError, LocalStorage, repo_dir, storage_from_settings
@@ -30,6 +28,7 @@ from cocov_jobs.gitstore.clone import fetch_commit
 from cocov_jobs.gitstore.local import WORK_DIR_PREFIX
 from cocov_jobs.gitstore.s3 import S3Storage
 from cocov_jobs.testing.github_fake import FakeGitHub
+from cocov_jobs.testing.processes import until
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -53,7 +52,6 @@ SHASUM_SIZE = 71
 WAIT_TIMEOUT = 10.0
 #: Seconds the fake holds a request in the slow-fetch tests (cut short when it stops).
 HOLD_SECONDS = 120.0
-AWS_REGION = "us-east-1"
 
 
 # Fixtures ----------------------------------------------------------------------------------
@@ -104,33 +102,6 @@ def clone(fake: FakeGitHub, token: str) -> Callable[..., Any]:
         return await storage.clone_commit(**{**args, **overrides})
 
     return run
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str) -> str:
-    """Credentials and region for boto3 (moto accepts any); returns the endpoint."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", AWS_REGION)
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    return moto_endpoint
-
-
-@pytest.fixture
-def s3(aws_env: str) -> S3Client:
-    return boto3.client("s3", endpoint_url=aws_env)
 
 
 @pytest.fixture
@@ -222,14 +193,6 @@ def all_command_lines() -> list[bytes]:
             except OSError:
                 continue
     return lines
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll ``predicate`` until it holds, failing after :data:`WAIT_TIMEOUT` seconds."""
-    async with asyncio.timeout(WAIT_TIMEOUT):
-        while not predicate():  # noqa: ASYNC110 - /proc offers nothing to await
-            await asyncio.sleep(0.02)
-    assert predicate(), what
 
 
 def secrets_of(token: str) -> list[bytes]:
@@ -487,7 +450,7 @@ async def test_token_is_never_on_a_command_line_nor_in_git_config(
             for pid in git_processes_under(storage.base)
         )
 
-    await wait_until(fetching, "git fetch never started")
+    await until(fetching, WAIT_TIMEOUT)  # git fetch started
     for line in all_command_lines():
         for secret in secrets_of(token):
             assert secret not in line

@@ -21,21 +21,21 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, jobs
-from tests.integration.pipeline_fixtures import (
+from tests.support.helpers import drain, insert, jobs
+from tests.support.pipeline import (
     CRYPTO_KEY,
     UI,
-    covered,
     enqueue,
     push_repository,
     store_upload,
 )
+from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.coverage import covered
 
 #: A manifest with one check and a coverage minimum (process_commit, process_coverage).
 MANIFEST = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from tests.integration.test_admin import enqueue, failed_job
+from tests.support.admin import enqueue, failed_job
 
 from cocov_jobs.services import Services
 from cocov_jobs.web.app import create_app, create_probe_app

@@ -8,8 +8,8 @@ import time
 from datetime import datetime
 
 import pytest
-from tests.conftest import make_settings
-from tests.helpers import drain, job_log, jobs
+from tests.support.helpers import drain, job_log, jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, job_log, jobs
+from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings

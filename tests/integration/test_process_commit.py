@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from tests.helpers import insert, job_log, jobs
-from tests.integration.pipeline_fixtures import (
+from tests.support.helpers import insert, job_log, jobs
+from tests.support.pipeline import (
     UI,
     Pushed,
     push_repository,

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis.asyncio as aioredis
-from tests.helpers import drain, jobs
-from tests.integration.pipeline_fixtures import (
+from tests.support.helpers import drain, jobs
+from tests.support.pipeline import (
     UI,
     Pushed,
-    covered,
     enqueue,
     push_repository,
     row,
@@ -22,17 +21,17 @@ from tests.integration.pipeline_fixtures import (
     settings,
     store_upload,
 )
-from tests.integration.test_gitstore import aws_env, moto_endpoint, s3
 
 from cocov_jobs import contracts
 from cocov_jobs.db.models import CheckSetStatus, CloneStatus, CoverageStatus
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.coverage import covered
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-__all__ = ["aws_env", "moto_endpoint", "s3", "settings"]
+__all__ = ["settings"]
 
 #: 33 of 35 lines covered: 94.2857… %.
 UPLOAD = {"lib/a.rb": covered(30, 2), "lib/b.rb": covered(3, 0)}

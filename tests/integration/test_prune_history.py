@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from tests.helpers import drain
+from tests.support.helpers import drain
 
 from cocov_jobs.engine import queue
 from cocov_jobs.services import Services

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, job_log, jobs
+from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings

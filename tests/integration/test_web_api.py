@@ -9,16 +9,13 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from tests.acceptance.conftest import CLI, cli_env
-from tests.helpers import drain, insert, jobs
-from tests.integration.test_web_server import (
-    WAIT,
-    fixture_repository,
-    http_client,
-)
+from tests.support.helpers import drain, insert, jobs
+from tests.support.web import fixture_repository
 
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env
+from cocov_jobs.testing.servers import http_client
 
 
 async def cocov_jobs(database_url: str, redis_url: str, *args: str) -> tuple[int, str, str]:

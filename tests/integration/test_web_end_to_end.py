@@ -14,16 +14,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from tests.acceptance.conftest import CLI, cli_env
-from tests.helpers import insert
-from tests.integration.test_web_server import (
-    SECRET,
-    WAIT,
-    deliver,
-    http_client,
-    payload,
-    until,
-)
+from tests.support.helpers import insert
+from tests.support.web import deliver, payload
 
 from cocov_jobs import contracts
 from cocov_jobs.checks import CHECKS_CONTEXT, COVERAGE_CONTEXT
@@ -32,6 +24,9 @@ from cocov_jobs.coverage import encode_lines
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env, settings_env, until
+from cocov_jobs.testing.servers import http_client
+from cocov_jobs.testing.webhooks import SECRET
 
 MANIFEST = (
     'version: "0.1.alpha"\ncoverage:\n  min_percent: 50\nchecks:\n  - plugin: cocov/rubocop:v1\n'
@@ -50,24 +45,6 @@ def settings(fake_github: FakeGitHub, tmp_path: Path) -> Settings:
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``COCOV_*`` variables that reproduce ``settings`` in another process."""
-    fields = (
-        "github_api_url",
-        "github_url",
-        "github_app_id",
-        "github_app_private_key",
-        "github_app_installation_id",
-        "github_org_name",
-        "git_service_local_storage_path",
-        "cryptographic_key",
-        "max_attempts",
-        "retry_base_seconds",
-        "retry_max_seconds",
-    )
-    return {f"COCOV_{name.upper()}": str(getattr(settings, name)) for name in fields}
 
 
 async def run_burst_worker(settings: Settings, services: Services, redis_url: str) -> None:

@@ -16,15 +16,13 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from tests.helpers import insert, jobs
-from tests.integration.test_web_server import (
+from tests.support.helpers import insert, jobs
+from tests.support.web import (
     PostgresProxy,
     deliver,
     fixture_repository,
-    http_client,
     payload,
     services_at,
-    until,
     webhook_settings,
 )
 
@@ -32,6 +30,8 @@ from cocov_jobs import contracts
 from cocov_jobs.config import Settings
 from cocov_jobs.registration import canonical_coverage, lock_commit
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import until
+from cocov_jobs.testing.servers import http_client
 
 UPLOAD = json.loads(
     (Path(__file__).parent.parent / "data" / "coverage" / "coverage_data.json").read_text()

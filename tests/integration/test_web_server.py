@@ -1,227 +1,33 @@
-"""The web app over real HTTP: the serving helpers the other ``test_web_*`` modules use, body
-limits, the error envelope, and the probes (web port, worker process, stores down)."""
+"""The web app over real HTTP: body limits, the error envelope, and the probes (web port,
+worker process, stores down)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
-import json
-import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import TextClause, text
-from starlette.types import ASGIApp
-from tests.acceptance.conftest import CLI, cli_env
-from tests.conftest import make_settings
-from tests.helpers import insert
+from tests.support.web import (
+    PostgresProxy,
+    closed_port,
+    deliver,
+    fixture_repository,
+    payload,
+    services_at,
+    webhook_settings,
+)
 
-from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
-from cocov_jobs.services import Services, open_services
+from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env, free_port, until
+from cocov_jobs.testing.servers import http_client, serve
 from cocov_jobs.web.app import create_app
 from cocov_jobs.web.body import MIB
 from cocov_jobs.web.webhooks import MAX_WEBHOOK_BYTES
-
-DATA = Path(__file__).parent.parent / "data" / "github"
-#: Webhook secret of the test settings.
-SECRET = "s3cr3t-webhook-key"
-#: Upper bound for waiting on a condition another process or connection must reach.
-WAIT = 60.0
-#: GitHub id of the repository in the fixture payloads.
-FIXTURE_REPO_GITHUB_ID = 569446274
-
-
-def webhook_settings(**overrides: Any) -> Settings:
-    return make_settings(github_webhook_secret_key=SECRET, **overrides)
-
-
-# Serving ---------------------------------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without signal handlers (the test runner owns them), announcing when it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
-
-
-@contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (ephemeral port); yield its base URL."""
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    listening = asyncio.create_task(server.listening.wait())
-    await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
-    if not listening.done():
-        listening.cancel()
-        raise RuntimeError(f"uvicorn did not start: {task.exception()!r}")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
-@contextlib.asynccontextmanager
-async def http_client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client talking to ``create_app(services)`` over real HTTP."""
-    async with (
-        serve(create_app(services)) as url,
-        httpx.AsyncClient(base_url=url, timeout=WAIT) as client,
-    ):
-        yield client
-
-
-@contextlib.asynccontextmanager
-async def services_at(
-    settings: Settings, *, database_url: str, redis_url: str
-) -> AsyncIterator[Services]:
-    async with open_services(
-        settings,
-        registry=product_jobs.registry(),
-        database_url=database_url,
-        redis_url=redis_url,
-        redis_cache_url=redis_url,
-    ) as opened:
-        yield opened
-
-
-@contextlib.contextmanager
-def closed_port() -> Iterator[int]:
-    """A local port bound but not listening: connections to it are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Poll ``condition`` (state in another connection or process) for at most :data:`WAIT`."""
-    async with asyncio.timeout(WAIT):
-        while not await condition():  # noqa: ASYNC110 - no event to await across processes
-            await asyncio.sleep(0.02)
-
-
-class PostgresProxy:
-    """A TCP front for the test PostgreSQL that can be cut, as when the server goes away."""
-
-    def __init__(self, database_url: str) -> None:
-        parts = urlsplit(database_url)
-        host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
-        port = parts.port or 5432
-        self._upstream: tuple[str, int | None] = (
-            (f"{host}/.s.PGSQL.{port}", None) if host.startswith("/") else (host, port)
-        )
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-        userinfo = parts.netloc.rpartition("@")[0]
-        self._url_parts = (parts.scheme, userinfo, parts.path)
-
-    @property
-    def url(self) -> str:
-        scheme, userinfo, path = self._url_parts
-        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
-        return urlunsplit((scheme, netloc, path, "", ""))
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop listening and drop every proxied connection."""
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port = self._upstream
-        if port is None:
-            return await asyncio.open_unix_connection(host)
-        return await asyncio.open_connection(host, port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await self._open_upstream()
-        self._writers.update((writer, up_writer))
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._writers.difference_update((writer, up_writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-
-# Webhooks --------------------------------------------------------------------------------------
-
-
-def payload(name: str) -> dict[str, Any]:
-    """A GitHub payload from ``tests/data/github``."""
-    data: dict[str, Any] = json.loads((DATA / f"{name}.json").read_text())
-    return data
-
-
-def signature(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def webhook_headers(event: str, body: bytes, delivery: str | None = None) -> dict[str, str]:
-    """What GitHub sends with a delivery."""
-    return {
-        "Content-Type": "application/json",
-        "User-Agent": "GitHub-Hookshot/1f2a3b4",
-        "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-        "X-GitHub-Hook-ID": "401366862",
-        "X-Hub-Signature-256": signature(body),
-    }
-
-
-async def deliver(
-    client: httpx.AsyncClient, event: str, body: dict[str, Any], delivery: str | None = None
-) -> httpx.Response:
-    raw = json.dumps(body).encode()
-    return await client.post(
-        "/v1/github/events", content=raw, headers=webhook_headers(event, raw, delivery)
-    )
-
-
-async def fixture_repository(services: Services, **values: Any) -> int:
-    """The local row of the fixture payloads' repository (``cocov-ci/api``)."""
-    row = {
-        "name": "api",
-        "default_branch": "master",
-        "token": "crt_" + uuid.uuid4().hex,
-        "github_id": FIXTURE_REPO_GITHUB_ID,
-        **values,
-    }
-    return await insert(services, "repositories", **row)
-
 
 # Tests: bodies and errors ----------------------------------------------------------------------
 
@@ -374,16 +180,10 @@ async def test_readiness_is_503_when_only_redis_is_down(
     assert ready.json()["checks"]["redis"] is False
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_worker_process_serves_probes_on_the_sidekiq_probe_address(
     database_url: str, redis_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = await asyncio.create_subprocess_exec(
         *CLI,
         "worker",

@@ -12,18 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
-from tests.helpers import drain, insert, job_log, jobs
-from tests.integration.test_web_server import (
+from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.web import (
     DATA,
     closed_port,
     deliver,
     fixture_repository,
-    http_client,
     payload,
     services_at,
-    signature,
-    until,
-    webhook_headers,
     webhook_settings,
 )
 
@@ -34,6 +30,9 @@ from cocov_jobs.engine.worker import Worker
 from cocov_jobs.gitstore import repo_dir
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import until
+from cocov_jobs.testing.servers import http_client
+from cocov_jobs.testing.webhooks import signature, webhook_headers
 
 PUSH_SHA = "6858adf07e5cd43f9c5d87573369fa354d20a076"
 #: GitHub ids of users in the payloads: the member/membership sender, the org member.

@@ -5,7 +5,6 @@ server), keeps running jobs without a restart of its own (issue 7, scenario 2;
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -15,23 +14,16 @@ from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.models import Job, TracebackRecord
 from pgqueuer.qm import QueueManager
 from sqlalchemy import text
-from tests.helpers import job_log
+from tests.support.helpers import job_log
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.worker import Worker, _Queries
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import until
 
-#: Upper bound for the worker to reach a state.
-WAIT = 60.0
 #: Times the connections are cut (each failed loop must not leave the next one starved).
 CUTS = 3
-
-
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT):
-        while not await condition():  # noqa: ASYNC110 - state in the database
-            await asyncio.sleep(0.05)
 
 
 async def scalar(services: Services, sql: str) -> int:

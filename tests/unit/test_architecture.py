@@ -3,7 +3,10 @@
 * ``engine`` knows no job: it imports nothing from ``jobs``, ``web`` or ``cli``;
 * ``jobs`` import nothing from ``web`` or ``cli``; ``web`` nothing from ``cli``;
 * only ``cli`` (where the program is assembled) loads ``cocov_jobs.jobs``;
-* the product does not import ``cocov_jobs.testing`` (the demo, a command, may).
+* the product does not import ``cocov_jobs.testing`` (the demo, a command, may);
+* the test tiers (``tests/unit``, ``tests/integration``, ``tests/acceptance``) do not import each
+  other's modules: what they share lives in ``tests/support`` or ``cocov_jobs.testing``;
+* ``bench/`` imports no ``tests`` module (it uses ``cocov_jobs.testing``).
 
 Imports under ``if TYPE_CHECKING:`` are not executed and do not count.
 """
@@ -153,4 +156,33 @@ def test_the_product_does_not_import_the_test_doubles() -> None:
         and module != "cocov_jobs.cli.demo"
         and module != "cocov_jobs.cli.demo_sample"
     )
+    assert users == []
+
+
+def _test_imports(folder: Path) -> dict[str, set[str]]:
+    files = {module_name(p, ROOT): p for p in folder.rglob("*.py")}
+    tests = {module_name(p, ROOT) for p in (ROOT / "tests").rglob("*.py")}
+    return {name: imports(path, tests) for name, path in files.items()}
+
+
+#: The test tiers, each a folder of ``tests/``.
+TIERS = {"unit", "integration", "acceptance"}
+
+
+def tier(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else ""
+
+
+def test_test_tiers_do_not_import_each_other() -> None:
+    crossing = sorted(
+        f"{module} -> {imported}"
+        for module, targets in _test_imports(ROOT / "tests").items()
+        for imported in targets
+        if tier(imported) in TIERS and tier(imported) != tier(module)
+    )
+    assert crossing == []
+
+
+def test_benchmarks_import_no_test_module() -> None:
+    users = sorted(m for m, targets in _test_imports(ROOT / "bench").items() if targets)
     assert users == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 from cocov_jobs.checks import (
     CHECK_STATUSES,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from croniter import croniter
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 from cocov_jobs import jobs
 from cocov_jobs.engine.schedules import cron_every, periodic_schedules

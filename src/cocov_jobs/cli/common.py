@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import structlog
 import typer
-import uvicorn
 from rich.console import Console
 
 from cocov_jobs import jobs, logs
@@ -22,6 +21,7 @@ from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services, open_services
+from cocov_jobs.web.server import Server
 
 log = structlog.get_logger("cocov_jobs")
 #: Tables keep whole rows when piped (rich would wrap at 80 columns).
@@ -114,18 +114,6 @@ def run_with_services(settings: Settings, action: Callable[[Services], Awaitable
         return await action(services)
 
     return run_async(settings, body)
-
-
-class Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the worker owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def make_server(app: Any, host: str, port: int) -> Server:
-    return Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off"))
 
 
 async def serve_with_worker(worker: Worker, server: Server) -> None:

@@ -22,7 +22,6 @@ from cocov_jobs.cli.common import (
     fail,
     load,
     log,
-    make_server,
     run_async,
     run_with_services,
     serve_with_worker,
@@ -38,6 +37,7 @@ from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
+from cocov_jobs.web.server import make_server
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")

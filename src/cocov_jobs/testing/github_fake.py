@@ -77,6 +77,7 @@ from cocov_jobs.testing.fake_http import (
     link_header,
     page_params,
 )
+from cocov_jobs.testing.servers import ListeningServer
 
 #: Lifetime of minted installation tokens, seconds (GitHub: one hour).
 DEFAULT_TOKEN_TTL = 3600.0
@@ -199,18 +200,6 @@ class _Actor:
     user: FakeUser | None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn server that signals a threading event once it listens."""
-
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
-        super().__init__(config)
-        self._ready = ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self._ready.set()
-
-
 class FakeGitHub:
     """GitHub for one organization and one App installation, served on 127.0.0.1.
 
@@ -249,7 +238,7 @@ class FakeGitHub:
         self._requests: list[RecordedRequest] = []
         self._routes = self._route_table()
         self._port: int | None = None
-        self._server: _Server | None = None
+        self._server: ListeningServer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -270,7 +259,7 @@ class FakeGitHub:
             timeout_graceful_shutdown=int(SERVER_TIMEOUT),
         )
         ready = threading.Event()
-        self._server = _Server(config, ready)
+        self._server = ListeningServer(config, ready.set)
         self._thread = threading.Thread(
             target=self._serve, args=(self._server, sock), name="fake-github", daemon=True
         )
@@ -279,7 +268,7 @@ class FakeGitHub:
             raise RuntimeError("the GitHub fake did not start")
         return self
 
-    def _serve(self, server: _Server, sock: socket.socket) -> None:
+    def _serve(self, server: ListeningServer, sock: socket.socket) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
@@ -288,7 +277,7 @@ class FakeGitHub:
             loop.close()
             sock.close()
 
-    async def _run(self, server: _Server, sock: socket.socket) -> None:
+    async def _run(self, server: ListeningServer, sock: socket.socket) -> None:
         self._stopping = asyncio.Event()
         await server.serve(sockets=[sock])
 

@@ -1,13 +1,12 @@
 """Fixtures and helpers of the commit pipeline tests (checks, process_commit, process_coverage).
 
-Import the fixtures into a test module (``from tests.integration.pipeline_fixtures import
-settings``) to point the services at the GitHub fake, with local storage under ``tmp_path``
-and a cryptographic key.
+Import the fixture into a test module (``from tests.support.pipeline import settings``) to
+point the services at the GitHub fake, with local storage under ``tmp_path`` and a
+cryptographic key.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,14 +15,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert
 
 from cocov_jobs.config import Settings
-from cocov_jobs.coverage import Line, encode_lines
 from cocov_jobs.engine import queue
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
+from tests.support.helpers import drain, insert
+from tests.support.settings import make_settings
 
 #: ``COCOV_CRYPTOGRAPHIC_KEY`` of the tests (32 bytes).
 CRYPTO_KEY = "0123456789abcdef0123456789abcdef"
@@ -118,16 +116,6 @@ async def row(services: Services, sql: str, **params: Any) -> dict[str, Any] | N
 async def rows(services: Services, sql: str, **params: Any) -> list[dict[str, Any]]:
     async with services.engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(text(sql), params)).mappings()]
-
-
-def encoded(lines: list[Line]) -> str:
-    """One file of an upload: base64 of the wire format."""
-    return base64.b64encode(encode_lines(lines)).decode()
-
-
-def covered(covered_lines: int, missed_lines: int) -> str:
-    """An encoded file with ``covered_lines`` hit once and ``missed_lines`` never hit."""
-    return encoded([1] * covered_lines + [0] * missed_lines)
 
 
 async def store_upload(services: Services, pushed: Pushed, data: Mapping[str, object]) -> int:
