@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -37,14 +38,24 @@ def sqlalchemy_url(url: str) -> str:
 def create_engine(
     url: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW
 ) -> AsyncEngine:
-    """An engine whose sessions run in UTC (Cocov stores naive UTC timestamps)."""
+    """An engine whose sessions run in UTC (Cocov stores naive UTC timestamps).
+
+    No pre-ping: a round trip on every checkout. A connection that died with its server is
+    found dead where it is used (:func:`connection_lost`); SQLAlchemy then drops every pooled
+    connection older than it, the job is retried without using an attempt and the request is
+    answered 503.
+    """
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
         connect_args={"server_settings": {"timezone": "UTC", "application_name": "cocov-jobs"}},
     )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a pooled connection found dead (the server restarted meanwhile)."""
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
 
 def session_factory(

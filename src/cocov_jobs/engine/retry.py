@@ -7,7 +7,8 @@ Job code raises; the engine decides. The error classes are the vocabulary:
 * :class:`TransientError` — retry with exponential backoff and jitter, capped attempts
   (network, 5xx, lock contention); ``retry_after`` (seconds), when set, replaces the backoff;
 * :class:`Deferred` — not a failure: run again after ``delay`` seconds without counting an
-  attempt against the cap (rate limits, a busy resource).
+  attempt against the cap (rate limits, a busy resource). A database connection found dead
+  (PostgreSQL restarted) is treated the same way, after :data:`RECONNECT_DELAY`.
 
 Any other exception is treated as transient. :func:`decide` turns an exception into a
 :class:`Retry` (put the job back after ``delay``; ``counted`` says whether it uses an attempt)
@@ -23,6 +24,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cocov_jobs.db.session import connection_lost
+
 if TYPE_CHECKING:
     from cocov_jobs.config import Settings
 
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 LOCK_RETRY_DELAY = 2.0
 #: Jitter factor range of a busy-lock deferral.
 LOCK_JITTER = (1.0, 1.5)
+#: Seconds before a job that met a dead database connection runs again (not counted).
+RECONNECT_DELAY = 1.0
 #: Jitter factor range applied to backoff delays.
 BACKOFF_JITTER = (1.0, 1.25)
 
@@ -102,6 +107,8 @@ def decide(exc: BaseException, attempts: int, policy: RetryPolicy) -> Retry | No
         return None
     if isinstance(exc, Deferred):
         return Retry(exc.delay, counted=False, reason=str(exc))
+    if connection_lost(exc):
+        return Retry(RECONNECT_DELAY, counted=False, reason=f"database connection lost: {exc}")
     if attempts + 1 >= policy.max_attempts:
         return None
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None
