@@ -18,6 +18,7 @@ from rich.console import Console
 
 from cocov_jobs import jobs, logs
 from cocov_jobs.config import Settings, SettingsError, load_settings
+from cocov_jobs.db.session import DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services, open_services
@@ -84,11 +85,14 @@ def _stores(settings: Settings) -> Iterator[Stores]:
 
 
 @contextlib.asynccontextmanager
-async def open_program(settings: Settings, found: Stores) -> AsyncIterator[Services]:
+async def open_program(
+    settings: Settings, found: Stores, *, pool_size: int = DEFAULT_POOL_SIZE
+) -> AsyncIterator[Services]:
     """The services of this program: its stores and the registry of every job."""
     async with open_services(
         settings,
         registry=jobs.registry(),
+        pool_size=pool_size,
         database_url=found.database_url,
         redis_url=found.redis_url,
         redis_cache_url=found.redis_cache_url,
@@ -96,11 +100,19 @@ async def open_program(settings: Settings, found: Stores) -> AsyncIterator[Servi
         yield services
 
 
-def run_async(settings: Settings, body: Callable[[Services, Stores], Awaitable[T]]) -> T:
-    """Start the stores, open the services and run ``body`` in an event loop."""
+def run_async(
+    settings: Settings,
+    body: Callable[[Services, Stores], Awaitable[T]],
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+) -> T:
+    """Start the stores, open the services and run ``body`` in an event loop.
+
+    ``pool_size``: database connections kept open (a worker needs one per job slot).
+    """
 
     async def main(found: Stores) -> T:
-        async with open_program(settings, found) as services:
+        async with open_program(settings, found, pool_size=pool_size) as services:
             return await body(services, found)
 
     with _stores(settings) as found:

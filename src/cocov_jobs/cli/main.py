@@ -29,6 +29,7 @@ from cocov_jobs.cli.common import (
 )
 from cocov_jobs.cli.tokens import tokens_app
 from cocov_jobs.db.migrate import upgrade
+from cocov_jobs.db.session import DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import Stores
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.queue import enqueue as enqueue_job
@@ -75,7 +76,7 @@ def run(
         log.info("web listening", host=server.config.host, port=server.config.port)
         await serve_with_worker(worker, server)
 
-    run_async(settings, body)
+    run_async(settings, body, pool_size=DEFAULT_POOL_SIZE + settings.worker_concurrency)
 
 
 @app.command()
@@ -105,7 +106,7 @@ def worker(
         )
         await serve_with_worker(w, probes)
 
-    run_async(settings, body)
+    run_async(settings, body, pool_size=concurrency or settings.worker_concurrency)
 
 
 @app.command()
