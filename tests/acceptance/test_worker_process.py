@@ -81,7 +81,7 @@ async def job_is_waiting_on_lock(services: Services) -> bool:
         waiting = await conn.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'UPDATE repositories%'"
+                " AND query ~ '^\\s*UPDATE repositories'"
             )
         )
     return bool(waiting)

@@ -1,8 +1,10 @@
 """One job run: what the job gets (:class:`JobContext`) and how its outcome is decided.
 
-:func:`execute` runs one attempt: it validates the arguments; a job declared with ``lock="…"``
-then takes a session-level PostgreSQL advisory lock on that key, and when another run holds
-it the job is deferred (:func:`~cocov_jobs.engine.retry.lock_busy`) instead of blocking a
+:func:`execute` runs one attempt: it validates the arguments; a job declared with
+``dedupe="…"`` releases its dedupe key (a request arriving during this run queues exactly one
+more run: coalescing); a job declared with ``lock="…"`` takes a session-level PostgreSQL
+advisory lock on that key — in the same round trip as the release — and when another run
+holds it the job is deferred (:func:`~cocov_jobs.engine.retry.lock_busy`) instead of blocking a
 worker slot. A failure is turned into a :class:`~cocov_jobs.engine.retry.Retry` decision by
 the retry policy (:func:`~cocov_jobs.engine.retry.decide`) and raised as :class:`RetryJob`
 for the worker; an exception that gives up propagates and the job is held as failed.
@@ -19,12 +21,32 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from pgqueuer.errors import RetryRequested
+from sqlalchemy import CursorResult, Executable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
 from cocov_jobs.engine.registry import JobDefinition
 from cocov_jobs.engine.retry import Retry, RetryPolicy, decide, lock_busy
 from cocov_jobs.services import Services
+
+#: Releases the job's dedupe key ($1: job id, $3: whether it has one) and tries the lock ($2)
+#: in one statement (a data-modifying WITH runs even though the SELECT does not read it).
+_CLAIM = """
+WITH released AS (UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1 AND $3::bool)
+SELECT pg_try_advisory_lock(hashtextextended($2, 0))
+"""
+_RELEASE_DEDUPE = "UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+
+
+async def keep_connection_state(conn: asyncpg.Connection) -> None:
+    """Pool reset of the worker's connections: nothing beyond asyncpg's own rollback.
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
+    ALL`` on every release: one more round trip for each of PgQueuer's statements. Nothing
+    the worker runs leaves such state behind: an advisory lock whose unlock did not complete
+    closes its connection instead (:meth:`JobContext.advisory_lock`).
+    """
 
 
 @dataclass
@@ -60,26 +82,44 @@ class JobContext:
     def db(self) -> async_sessionmaker[AsyncSession]:
         return self.services.sessions
 
+    async def execute_one(
+        self, statement: Executable, params: Mapping[str, object] | None = None
+    ) -> CursorResult[Any]:
+        """Run ``statement`` alone, in autocommit: one round trip, no BEGIN/COMMIT.
+
+        For a job whose whole database work is one statement (a statement is atomic).
+        """
+        async with self.services.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await conn.execute(statement, params)
+
     @property
     def redis(self) -> aioredis.Redis:
         return self.services.redis
 
     @asynccontextmanager
-    async def advisory_lock(self, key: str) -> AsyncIterator[bool]:
+    async def advisory_lock(self, key: str, *, release_dedupe: bool = False) -> AsyncIterator[bool]:
         """Try a session-level advisory lock on ``key``; yield whether we got it.
 
         The lock lives on its own pooled connection, so it is released when the job ends or,
-        if the worker dies, when PostgreSQL drops the connection.
+        if the worker dies, when PostgreSQL drops the connection. ``release_dedupe`` also
+        releases this job's dedupe key, in the same statement.
         """
         async with self.lock_pool.acquire() as conn:
-            acquired = await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key
-            )
+            acquired = bool(await conn.fetchval(_CLAIM, self.job_id, key, release_dedupe))
             try:
-                yield bool(acquired)
+                yield acquired
             finally:
                 if acquired:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+                    try:
+                        await conn.execute(_UNLOCK, key)
+                    except BaseException:
+                        conn.terminate()  # the server drops the lock with the connection
+                        raise
+
+    async def release_dedupe(self) -> None:
+        """Release this job's dedupe key (for jobs without a lock)."""
+        await self.lock_pool.execute(_RELEASE_DEDUPE, self.job_id)
 
 
 class RetryJob(RetryRequested):
@@ -96,9 +136,13 @@ async def execute(definition: JobDefinition, ctx: JobContext, args: Mapping[str,
         values = definition.validate(args)
         lock_key = definition.lock_key(values)
         if lock_key is None:
+            if definition.dedupe is not None:
+                await ctx.release_dedupe()
             await definition.func(ctx, **values)
             return
-        async with ctx.advisory_lock(lock_key) as acquired:
+        async with ctx.advisory_lock(
+            lock_key, release_dedupe=definition.dedupe is not None
+        ) as acquired:
             if not acquired:
                 raise lock_busy(f"lock {lock_key} is held by another job")
             await definition.func(ctx, **values)

@@ -40,7 +40,7 @@ from pgqueuer.sm import SchedulerManager
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import metrics
-from cocov_jobs.engine.context import JobContext, RetryJob, execute
+from cocov_jobs.engine.context import JobContext, RetryJob, execute, keep_connection_state
 from cocov_jobs.engine.queue import enqueue
 from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
 from cocov_jobs.engine.schedules import periodic_schedules
@@ -212,6 +212,7 @@ class Worker:
             min_size=2,
             max_size=self.concurrency * 2 + 4,
             server_settings=WORKER_POOL_SETTINGS,
+            reset=keep_connection_state,
         )
 
     def _queue_manager(self) -> QueueManager:
@@ -309,9 +310,6 @@ class Worker:
     async def _run(self, job: Job) -> None:
         assert self._pool is not None
         definition = self.services.registry.resolve(job.entrypoint)
-        if definition.dedupe is not None:
-            # Release the key: a request arriving during this run queues exactly one more run.
-            await self._pool.execute("UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1", job.id)
         try:
             args = json.loads(job.payload or b"{}")
             if not isinstance(args, dict):
