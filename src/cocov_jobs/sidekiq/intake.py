@@ -48,7 +48,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -212,7 +212,7 @@ class Intake:
         """One round (see the module docstring); returns the payloads handled in it."""
         if recover or time.monotonic() - self._recovered_at >= RECOVER_INTERVAL:
             await self._recover()
-        claimed: list[bytes] = await self.redis.eval(  # type: ignore[misc]
+        claimed: list[bytes] = await self.redis.eval(
             _CLAIM,
             3 + len(self.queues),
             self.heartbeat_key,
@@ -223,9 +223,7 @@ class Intake:
             self.heartbeat_ms,
             self.batch,
         )
-        scheduled: list[tuple[bytes, float]] = await self.redis.zrange(
-            SCHEDULE, 0, self.batch - 1, withscores=True
-        )
+        scheduled = await scored_members(self.redis, SCHEDULE, 0, self.batch - 1)
         if not claimed and not scheduled:
             return 0
         registry = self.services.registry
@@ -286,14 +284,14 @@ class Intake:
         try:
             async with self.services.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-            await self.services.redis.ping()  # type: ignore[misc]
+            await self.services.redis.ping()
         except Exception:
             return False
         return True
 
     async def _recover(self) -> None:
         self._recovered_at = time.monotonic()
-        moved = await self.redis.eval(  # type: ignore[misc]
+        moved = await self.redis.eval(
             _RECOVER,
             2,
             PROCESSES,
@@ -314,13 +312,21 @@ class Intake:
 
     async def _leave(self) -> None:
         with contextlib.suppress(Exception):
-            await self.redis.eval(  # type: ignore[misc]
+            await self.redis.eval(
                 _LEAVE, 3, self.heartbeat_key, PROCESSES, self.inflight_key, self.id
             )
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+async def scored_members(
+    redis: aioredis.Redis, key: str, start: int, stop: int
+) -> list[tuple[bytes, float]]:
+    """``ZRANGE key start stop WITHSCORES``: (member, score) pairs, lowest score first."""
+    members = await redis.zrange(key, start, stop, withscores=True)
+    return cast(list[tuple[bytes, float]], members)
 
 
 # What the intake has to do (metrics scrape, dashboard) -----------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from cocov_jobs.services import Services
-from cocov_jobs.sidekiq.intake import BATCH
+from cocov_jobs.sidekiq.intake import BATCH, scored_members
 from cocov_jobs.sidekiq.payload import epoch, read_payload
 from cocov_jobs.sidekiq.store import Entry, store
 
@@ -43,7 +43,7 @@ async def preview(services: Services) -> list[Entry]:
     return [
         _entry(services, name, raw, score)
         for name in SETS
-        for raw, score in await services.sidekiq_redis.zrange(name, 0, -1, withscores=True)
+        for raw, score in await scored_members(services.sidekiq_redis, name, 0, -1)
     ]
 
 
@@ -52,7 +52,7 @@ async def move(services: Services) -> Moved:
     assert services.sidekiq_redis is not None
     moved = Moved()
     for name in SETS:
-        while members := await services.sidekiq_redis.zrange(name, 0, BATCH - 1, withscores=True):
+        while members := await scored_members(services.sidekiq_redis, name, 0, BATCH - 1):
             entries = [_entry(services, name, raw, score) for raw, score in members]
             async with services.sessions.begin() as session:
                 result = await store(session, services.redis, entries)

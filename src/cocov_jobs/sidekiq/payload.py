@@ -235,7 +235,9 @@ def _coverage_upload(arguments: list[Any]) -> CoverageUpload:
     try:
         sha = check_sha(sha.strip().lower() if isinstance(sha, str) else "")
     except ValueError:
-        raise PayloadError(INVALID_ARGUMENTS, "ProcessCoverageJob: sha is not a commit id") from None
+        raise PayloadError(INVALID_ARGUMENTS, "ProcessCoverageJob: sha is not a commit id") from (
+            None
+        )
     if not isinstance(data, str):
         raise PayloadError(INVALID_ARGUMENTS, "ProcessCoverageJob: data is not a JSON string")
     try:
@@ -243,7 +245,8 @@ def _coverage_upload(arguments: list[Any]) -> CoverageUpload:
     except InvalidCoverageData as exc:
         raise PayloadError(INVALID_ARGUMENTS, f"ProcessCoverageJob: {exc}") from None
     except (ValueError, RecursionError) as exc:
-        raise PayloadError(INVALID_ARGUMENTS, f"ProcessCoverageJob: data is not JSON: {exc}") from None
+        reason = f"ProcessCoverageJob: data is not JSON: {exc}"
+        raise PayloadError(INVALID_ARGUMENTS, reason) from None
     if not coverage:
         raise PayloadError(INVALID_ARGUMENTS, "ProcessCoverageJob: data holds no file")
     return CoverageUpload(repository_id, sha, coverage)

@@ -202,8 +202,12 @@ def _failure_note(entry: Entry, job_id: int | None) -> list[_Note]:
     if job_id is None or (failure is None and not entry.dead):
         return []
     count = failure.retry_count + 1 if failure else 0
-    last = failure.failed_at if failure else None
-    when = f", first failed at {datetime.fromtimestamp(last, UTC):%Y-%m-%d %H:%M:%S} UTC"
+    first_failed = failure.failed_at if failure else None
+    when = (
+        f", first failed at {datetime.fromtimestamp(first_failed, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if first_failed is not None
+        else ""
+    )
     return [
         _Note(
             job_id,
@@ -211,7 +215,7 @@ def _failure_note(entry: Entry, job_id: int | None) -> list[_Note]:
             status="failed" if entry.dead else "queued",
             error_type=failure.error_class if failure else "SidekiqDeadJob",
             message=failure.message if failure else "in Sidekiq's dead set",
-            detail=f"Sidekiq {entry.source}: {count} failed run(s){when if last else ''}",
+            detail=f"Sidekiq {entry.source}: {count} failed run(s){when}",
             context=_context(entry),
         )
     ]

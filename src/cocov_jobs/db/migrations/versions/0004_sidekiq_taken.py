@@ -30,6 +30,4 @@ def upgrade() -> None:
             "taken_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
     )
-    op.create_index(
-        "cocov_jobs_sidekiq_taken_taken_at", "cocov_jobs_sidekiq_taken", ["taken_at"]
-    )
+    op.create_index("cocov_jobs_sidekiq_taken_taken_at", "cocov_jobs_sidekiq_taken", ["taken_at"])
