@@ -18,14 +18,23 @@
 # stdout: a JSON array with the Sidekiq jids of every payload written, in order.
 
 require "json"
+require "uri"
 require "logger"
 require "sidekiq"
 require "sidekiq/job_retry"
 require "active_job"
 require "active_job/queue_adapters/sidekiq_adapter"
 
+# redis://host:port/db, or unix:///path/redis.sock?db=N (the tests' embedded Redis).
+def redis_options(url)
+  uri = URI(url)
+  return { url: url } unless uri.scheme == "unix"
+
+  { path: uri.path, db: Integer(URI.decode_www_form(uri.query.to_s).to_h.fetch("db", "0")) }
+end
+
 Redis.sadd_returns_boolean = false if Redis.respond_to?(:sadd_returns_boolean=)
-Sidekiq.configure_client { |config| config.redis = { url: ENV.fetch("SIDEKIQ_REDIS_URL") } }
+Sidekiq.configure_client { |config| config.redis = redis_options(ENV.fetch("SIDEKIQ_REDIS_URL")) }
 Sidekiq.logger = Logger.new(nil)
 ActiveJob::Base.queue_adapter = :sidekiq
 ActiveJob::Base.logger = Logger.new(nil)
