@@ -291,6 +291,27 @@ async def test_bad_payloads_are_kept_with_the_reason_and_the_queue_goes_on(
         assert _sample("cocov_jobs_sidekiq_kept_total", reason=reason) == count + 1
 
 
+async def test_a_payload_that_breaks_its_batch_is_kept_and_the_others_are_taken(
+    services: Services, redis: aioredis.Redis, redis_url: str
+) -> None:
+    # An id beyond PostgreSQL's bigint fails the batch's transaction; stored one by one, the
+    # others go in and this one is kept with the database's error.
+    await enqueue_ruby(
+        redis_url,
+        [
+            {"class": "ProcessCommitJob", "args": [1]},
+            {"class": "ProcessCoverageJob", "args": [2**70, "e" * 40, '{"a.rb": "MQ=="}']},
+            {"class": "ProcessCommitJob", "args": [2]},
+        ],
+    )
+    assert await take_in(services) == 3
+    assert await sidekiq_keys(redis) == []
+    (kept,) = await admin.list_jobs(services, state="failed")
+    assert kept.error_text.startswith("PayloadError: could not be stored: DBAPIError(")
+    queued = sorted(j["args"]["commit_id"] for j in await jobs(services) if j["status"] == "queued")
+    assert queued == [1, 2]
+
+
 async def test_a_kept_payload_runs_once_what_stopped_it_is_fixed(
     services: Services, redis: aioredis.Redis, redis_url: str
 ) -> None:
@@ -368,7 +389,7 @@ async def test_sidekiq_import_moves_retry_and_dead_sets_once(
                 "args": [22],
                 "fail": "dead",
                 "retry_count": 24,
-                "error": "it is gone",
+                "error": "it is\u0000gone",
             },
         ],
     )
@@ -410,7 +431,7 @@ async def test_sidekiq_import_moves_retry_and_dead_sets_once(
     )
     failed = {r.job: r.error_text for r in await admin.list_jobs(services, state="failed")}
     assert failed == {
-        "destroy_repository": "ArgumentError: it is gone",
+        "destroy_repository": "ArgumentError: it is\N{REPLACEMENT CHARACTER}gone",
         "sidekiq_payload": "PayloadError: 'HardWorker' is not one of Cocov's jobs",
     }
 

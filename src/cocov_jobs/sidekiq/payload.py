@@ -259,11 +259,16 @@ def _failure(document: dict[str, Any]) -> SidekiqError | None:
         return None
     count = document.get("retry_count")
     return SidekiqError(
-        error_class=str(error_class or "Error"),
-        message=str(message or ""),
+        error_class=_text(error_class or "Error"),
+        message=_text(message or ""),
         retry_count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
         failed_at=epoch(document.get("failed_at")),
     )
+
+
+def _text(value: object) -> str:
+    """``value`` as text PostgreSQL can store (NUL is the one character it refuses)."""
+    return str(value).replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
 def _shown(ruby_class: str) -> str:
