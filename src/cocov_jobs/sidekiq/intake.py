@@ -9,23 +9,24 @@ payload of the queues named by ``COCOV_SIDEKIQ_QUEUES`` and of ``schedule`` into
 No loss, no double
 ==================
 
-A payload leaves Redis only after the PostgreSQL transaction holding its job has committed. One
-round (:meth:`Intake.take_in`):
+A payload leaves Redis only after the PostgreSQL transaction holding its job has committed. A
+process takes in with :data:`LANES` lanes at once, each with its own id (``host:pid:random``);
+one round of a lane (:meth:`Lane.take_in`):
 
-1. **Claim** (one Lua script, atomic): set this process's heartbeat key
+1. **Claim** (one Lua script, atomic): set the lane's heartbeat key
    ``cocov-jobs:intake:heartbeat:<id>`` (it expires after ``COCOV_HEARTBEAT_TIMEOUT``), register
    ``<id>`` in the set ``cocov-jobs:intake:processes``, move up to :data:`BATCH` payloads from
-   the right end of each queue (Sidekiq's order: oldest first) to this process's in-flight list
+   the right end of each queue (Sidekiq's order: oldest first) to the lane's in-flight list
    ``cocov-jobs:intake:inflight:<id>`` (RPOPLPUSH), and return the whole in-flight list. The
    ``schedule`` set is read, not claimed: up to :data:`BATCH` entries, due or not, earliest first.
 2. **Store** the lot in one transaction: keys (``jid``) taken before are skipped, the rest become
    jobs, due at their score for ``schedule`` entries; commit.
 3. **Acknowledge**: delete the in-flight list; remove the ``schedule`` members read (ZREM).
 
-A process killed anywhere leaves its claimed payloads in its in-flight list: not yet in
+A process killed anywhere leaves its claimed payloads in its lanes' in-flight lists: not yet in
 PostgreSQL if it died before the commit, in it with their keys taken if after. Every
-:data:`RECOVER_INTERVAL` seconds each process looks for registered processes whose heartbeat
-key has expired and moves their in-flight lists into its own (Lua, atomic); its next round
+:data:`RECOVER_INTERVAL` seconds each lane looks for registered ids whose heartbeat key has
+expired and moves their in-flight lists into its own (Lua, atomic); its next round
 stores what was not taken and skips what was. A ``schedule`` entry read by two processes, or
 read again after a crash before its ZREM, is skipped the same way. Several processes on
 several hosts can take in at once: a payload is in one in-flight list at a time, and the taken
@@ -69,7 +70,10 @@ from cocov_jobs.sidekiq.store import Entry, Stored, store
 log = structlog.get_logger(__name__)
 
 #: Payloads claimed from the queues (and read from ``schedule``) per round and transaction.
-BATCH: Final = 500
+BATCH: Final = 1000
+#: Rounds under way at once in one process (:class:`Intake`): while one lane's transaction
+#: commits, another claims and reads; PostgreSQL's work, most of a round, runs on two cores.
+LANES: Final = 2
 #: Seconds between two rounds while the queues are empty.
 IDLE_POLL: Final = 0.2
 #: Seconds between two looks for processes that died with payloads in flight.
@@ -153,16 +157,43 @@ if redis.call('LLEN', KEYS[3]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) en
 
 
 class Intake:
-    """Takes in the Sidekiq queues of ``services`` until stopped (:meth:`run`) or empty
-    (:meth:`drain`)."""
+    """The intake of one process: :data:`LANES` :class:`Lane` s taking in at once, until
+    stopped (:meth:`run`) or until Sidekiq's Redis is empty (:meth:`drain`)."""
 
-    def __init__(self, services: Services, *, batch: int = BATCH) -> None:
+    def __init__(self, services: Services, *, batch: int = BATCH, lanes: int = LANES) -> None:
+        # One lane reads ``schedule``: lanes of one process would only wait on each other there.
+        self.lanes = [Lane(services, batch=batch, schedule=i == 0) for i in range(lanes)]
+
+    def stop(self) -> None:
+        """Finish the rounds under way, then return from :meth:`run`."""
+        for lane in self.lanes:
+            lane.stop()
+
+    async def run(self) -> None:
+        queues = list(self.lanes[0].queues)
+        log.info(
+            "sidekiq intake started", intake_ids=[lane.id for lane in self.lanes], queues=queues
+        )
+        await asyncio.gather(*(lane.run() for lane in self.lanes))
+        log.info("sidekiq intake stopped")
+
+    async def drain(self) -> int:
+        """Take in until the queues and ``schedule`` are empty; return the payloads handled."""
+        return sum(await asyncio.gather(*(lane.drain() for lane in self.lanes)))
+
+
+class Lane:
+    """One claim → store → acknowledge loop, with its own id, heartbeat and in-flight list;
+    ``schedule``: it also reads the ``schedule`` set."""
+
+    def __init__(self, services: Services, *, batch: int = BATCH, schedule: bool = True) -> None:
         if services.sidekiq_redis is None:
             raise ValueError("the intake needs COCOV_SIDEKIQ_REDIS_URL")
         self.services = services
         self.redis: aioredis.Redis = services.sidekiq_redis
         self.queues = services.settings.sidekiq_queue_names
         self.batch = batch
+        self.schedule = schedule
         self.heartbeat_ms = int(services.settings.heartbeat_timeout * 1000)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.inflight_key = INFLIGHT_PREFIX + self.id
@@ -176,7 +207,6 @@ class Intake:
 
     async def run(self) -> None:
         """Take in until :meth:`stop`; a failed round is tried again after a growing delay."""
-        log.info("sidekiq intake started", intake_id=self.id, queues=list(self.queues))
         heartbeat = asyncio.create_task(self._heartbeat())
         delay = RETRY_DELAY
         try:
@@ -196,7 +226,6 @@ class Intake:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._leave()
-            log.info("sidekiq intake stopped", intake_id=self.id)
 
     async def drain(self) -> int:
         """Take in until the queues and ``schedule`` are empty; return the payloads handled."""
@@ -223,7 +252,9 @@ class Intake:
             self.heartbeat_ms,
             self.batch,
         )
-        scheduled = await scored_members(self.redis, SCHEDULE, 0, self.batch - 1)
+        scheduled = (
+            await scored_members(self.redis, SCHEDULE, 0, self.batch - 1) if self.schedule else []
+        )
         if not claimed and not scheduled:
             return 0
         registry = self.services.registry
