@@ -29,6 +29,7 @@ from tests.support.sidekiq import enqueue_ruby
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
+from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.metrics import REGISTRY
@@ -467,6 +468,10 @@ async def test_metrics_and_readiness_show_the_intake(
         assert 0 <= lag < 60
         ready = (await client.get("/system/probes/readiness")).json()
         assert ready["checks"]["sidekiq_redis"] is True
+        headers = {"Authorization": f"bearer {await service_token(services)}"}
+        overview = (await client.get("/dashboard", headers=headers)).text
+        assert "Sidekiq intake" in overview
+        assert "queue:default<b>1</b>" in overview and "in flight<b>2</b>" in overview
         await redis.delete(INFLIGHT_PREFIX + "gone:1:x")
         await take_in(services)
         text_ = (await client.get("/metrics")).text
@@ -480,10 +485,28 @@ async def test_readiness_is_503_when_sidekiqs_redis_is_down(services: Services) 
     await services.sidekiq_redis.aclose()
     services.sidekiq_redis = aioredis.Redis.from_url("redis://127.0.0.1:9/0")
     transport = httpx.ASGITransport(app=create_app(services))
+    headers = {"Authorization": f"bearer {await service_token(services)}"}
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         answer = await client.get("/system/probes/readiness")
+        overview = await client.get("/dashboard", headers=headers)
     assert answer.status_code == 503
     assert answer.json()["checks"]["sidekiq_redis"] is False
+    assert overview.status_code == 200
+    assert "Sidekiq&#39;s Redis cannot be read (ConnectionError)" in overview.text
+
+
+async def service_token(services: Services) -> str:
+    """A new service token (the dashboard's bearer credential)."""
+    owner = await insert(services, "users", login="ops", github_id=7, github_token="x", admin=True)
+    value = new_service_token()
+    await insert(
+        services,
+        "service_tokens",
+        token_hash=service_token_digest(value),
+        description="ops",
+        owner_id=owner,
+    )
+    return value
 
 
 def _sample(name: str, **labels: str) -> float:

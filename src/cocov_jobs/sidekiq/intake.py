@@ -394,20 +394,27 @@ async def intake_status(redis: aioredis.Redis, queues: tuple[str, ...]) -> Intak
     return IntakeStatus(waiting, int(replies[-2]), inflight, lag)
 
 
+async def current_status(services: Services) -> IntakeStatus | None:
+    """The intake's backlog now (None when no Sidekiq Redis is configured); raises when it cannot
+    be read."""
+    if services.sidekiq_redis is None:
+        return None
+    return await intake_status(services.sidekiq_redis, services.settings.sidekiq_queue_names)
+
+
 async def refresh_metrics(services: Services) -> None:
     """Set the scrape-time gauges (nothing when no Sidekiq Redis is configured; NaN when it
     cannot be read)."""
-    if services.sidekiq_redis is None:
-        return
-    queues = services.settings.sidekiq_queue_names
     try:
-        status = await intake_status(services.sidekiq_redis, queues)
+        status = await current_status(services)
     except Exception as exc:
         log.warning("sidekiq redis unreadable for metrics", error=repr(exc))
-        for name in (*queues, SCHEDULE):
+        for name in (*services.settings.sidekiq_queue_names, SCHEDULE):
             WAITING.labels(name).set(float("nan"))
         INFLIGHT.set(float("nan"))
         LAG.set(float("nan"))
+        return
+    if status is None:
         return
     for name, count in status.waiting.items():
         WAITING.labels(name).set(count)
