@@ -67,6 +67,8 @@ SIDEKIQ_JOB_SECONDS = 0.05
 DEFAULT_SEED = 7
 PUSH_SCRIPT = Path(__file__).resolve().parents[1] / "sidekiq" / "intake.rb"
 JOB = "update_commits_author"
+#: ``COCOV_CRYPTOGRAPHIC_KEY`` of the workers (32 bytes; nothing here encrypts).
+CRYPTO_KEY = "intake-kill-scenario-key-32bytes"
 
 
 def push(redis_url: str, count: int, first: int) -> None:
@@ -105,7 +107,7 @@ async def ours(seed: int, work: Path) -> dict[str, float | int]:
         redis_url = rd.url(0)
         async with migrated_database(pg.url) as database_url:
             env = process_env(
-                Settings(),
+                Settings(cryptographic_key=CRYPTO_KEY),
                 database_url,
                 rd.url(1),
                 COCOV_SIDEKIQ_REDIS_URL=redis_url,
@@ -172,6 +174,9 @@ async def ours(seed: int, work: Path) -> dict[str, float | int]:
                     f"SELECT count(*) FROM pgqueuer_log WHERE entrypoint = '{JOB}'"
                     " AND status = 'successful'",
                 )
+            except TimeoutError:
+                print(logs.read_text()[-4000:], file=sys.stderr)
+                raise
             finally:
                 for worker in workers:
                     stop_process(worker)
