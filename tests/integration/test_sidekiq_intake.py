@@ -8,18 +8,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
 from tests.conftest import make_settings
-from tests.helpers import drain, insert, job_log, jobs
+from tests.helpers import drain, insert, insert_repository, job_log, jobs, service_token
 from tests.integration.pipeline_fixtures import (
     AUTHOR_EMAIL,
     CRYPTO_KEY,
     UI,
+    artifacts_over_quota,
     covered,
     push_repository,
     row,
@@ -29,7 +29,6 @@ from tests.support.sidekiq import enqueue_ruby
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
-from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.db.models import CloneStatus, CoverageStatus
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.metrics import REGISTRY
@@ -44,7 +43,7 @@ FILES = {
     ".cocov.yaml": 'version: "0.1.alpha"\nchecks:\n  - plugin: cocov/rubocop:v1\n',
     "lib/a.rb": "1\n2\n3\n4\n",
 }
-#: ``COCOV_REPOSITORY_CACHE_MAX_SIZE`` (bytes) of these tests.
+#: ``COCOV_REPOSITORY_CACHE_MAX_SIZE`` (bytes) of these tests: three artifacts of 60 exceed it.
 CACHE_QUOTA = 100
 
 
@@ -72,18 +71,6 @@ async def sidekiq_keys(redis: aioredis.Redis) -> list[bytes]:
     return sorted(keys + [k for k in (SCHEDULE.encode(),) if await redis.exists(k)])
 
 
-async def repository(services: Services, name: str, **values: Any) -> int:
-    return await insert(
-        services,
-        "repositories",
-        name=name,
-        default_branch="main",
-        token=f"crt_{name}",
-        github_id=values.pop("github_id", abs(hash(name)) % 100_000),
-        **values,
-    )
-
-
 async def test_the_ten_jobs_enqueued_by_activejob_run_with_their_effects(
     services: Services, fake_github: FakeGitHub, redis: aioredis.Redis, redis_url: str
 ) -> None:
@@ -92,10 +79,10 @@ async def test_the_ten_jobs_enqueued_by_activejob_run_with_their_effects(
     web = await push_repository(services, fake, FILES)
     # InitializeRepositoryJob: a repository on the fake, no commit yet.
     fake.add_repo("init", files={**FILES, "README.md": "another commit\n"})
-    init = await repository(services, "init", github_id=fake.repo("init").id)
+    init = await insert_repository(services, "init", github_id=fake.repo("init").id)
     # ComputeRepositoryCommitsSizeJob, UpdateCommitsAuthorJob: a cloned commit of a repository
     # nobody processes, authored by the user below.
-    sizes = await repository(services, "sizes")
+    sizes = await insert_repository(services, "sizes")
     sized = await insert(
         services,
         "commits",
@@ -110,25 +97,15 @@ async def test_the_ten_jobs_enqueued_by_activejob_run_with_their_effects(
     dev = await insert(services, "users", login="dev", github_id=501, github_token="t", admin=False)
     await insert(services, "user_emails", user_id=dev, email="dev@example.com")
     # RequestCacheEvictionJob: three artifacts of 60 bytes over a quota of 100.
-    cached = await repository(services, "cached", cache_size=180)
-    for index in range(3):
-        await insert(
-            services,
-            "cache_artifacts",
-            repository_id=cached,
-            name=f"gems-{index}",
-            name_hash=f"h{index}",
-            size=60,
-            engine="e",
-            mime="m",
-        )
+    cached = await insert_repository(services, "cached")
+    await artifacts_over_quota(services, cached)
     # DestroyRepositoryJob: a repository with nothing else.
-    gone = await repository(services, "gone")
+    gone = await insert_repository(services, "gone")
     # UpdateRepoPermissionsJob: collaborators on the fake.
     (perm_remote,) = fake.add_repos(1)
     fake.add_collaborator(perm_remote.name, 1, "ada", "admin")
     fake.add_collaborator(perm_remote.name, 2, "bob", "write")
-    perm = await repository(services, perm_remote.name, github_id=perm_remote.id)
+    perm = await insert_repository(services, perm_remote.name, github_id=perm_remote.id)
     # UpdateUserPermissionsJob: a user whose token sees one repository as admin.
     token = fake.add_user("eve", 777)
     eve = await insert(
@@ -493,20 +470,6 @@ async def test_readiness_is_503_when_sidekiqs_redis_is_down(services: Services) 
     assert answer.json()["checks"]["sidekiq_redis"] is False
     assert overview.status_code == 200
     assert "Sidekiq&#39;s Redis cannot be read (ConnectionError)" in overview.text
-
-
-async def service_token(services: Services) -> str:
-    """A new service token (the dashboard's bearer credential)."""
-    owner = await insert(services, "users", login="ops", github_id=7, github_token="x", admin=True)
-    value = new_service_token()
-    await insert(
-        services,
-        "service_tokens",
-        token_hash=service_token_digest(value),
-        description="ops",
-        owner_id=owner,
-    )
-    return value
 
 
 def _sample(name: str, **labels: str) -> float:
