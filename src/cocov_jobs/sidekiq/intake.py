@@ -300,11 +300,13 @@ class Lane:
             return await store(session, self.services.redis, entries)
 
     async def _store_alone(self, entry: Entry) -> Stored:
-        """Store one entry; when even that fails, keep it as a failed job with the error."""
+        """Store one entry; when even that fails, keep it as a failed job with the error —
+        unless the error says to try again (deadlock, serialization) or a store is down: then
+        the round fails and is tried again, the payloads still in flight."""
         try:
             return await self._store_batch([entry])
         except Exception as exc:
-            if not await self._stores_answer():
+            if _try_again(exc) or not await self._stores_answer():
                 raise
             problem = PayloadError(INVALID_ARGUMENTS, f"could not be stored: {exc!r}")
             kept = dataclasses.replace(entry.payload, request=None, problem=problem)
@@ -358,6 +360,13 @@ async def scored_members(
     """``ZRANGE key start stop WITHSCORES``: (member, score) pairs, lowest score first."""
     members = await redis.zrange(key, start, stop, withscores=True)
     return cast(list[tuple[bytes, float]], members)
+
+
+def _try_again(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused ``exc``'s transaction only for now (SQLSTATE class 40:
+    deadlock, serialization failure), directly (asyncpg) or wrapped (SQLAlchemy)."""
+    codes = {getattr(exc, "sqlstate", None), getattr(getattr(exc, "orig", None), "sqlstate", None)}
+    return any(isinstance(code, str) and code.startswith("40") for code in codes)
 
 
 # What the intake has to do (metrics scrape, dashboard) -----------------------------------------
