@@ -48,6 +48,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -207,34 +208,26 @@ class Lane:
 
     async def run(self) -> None:
         """Take in until :meth:`stop`; a failed round is tried again after a growing delay."""
-        heartbeat = asyncio.create_task(self._heartbeat())
         delay = RETRY_DELAY
-        try:
+        async with self._alive():
             while not self._stop.is_set():
                 try:
                     taken = await self.take_in()
                 except Exception as exc:  # a store is down or answering errors: go on later
                     log.warning("sidekiq intake round failed", error=repr(exc), retry_in=delay)
-                    await self._sleep(delay)
+                    await self._sleep(self._stop, delay)
                     delay = min(delay * 2, MAX_RETRY_DELAY)
                     continue
                 delay = RETRY_DELAY
                 if taken < self.batch:
-                    await self._sleep(IDLE_POLL)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-            await self._leave()
+                    await self._sleep(self._stop, IDLE_POLL)
 
     async def drain(self) -> int:
         """Take in until the queues and ``schedule`` are empty; return the payloads handled."""
         total = 0
-        try:
+        async with self._alive():
             while taken := await self.take_in(recover=True):
                 total += taken
-        finally:
-            await self._leave()
         return total
 
     async def take_in(self, *, recover: bool = False) -> int:
@@ -336,10 +329,21 @@ class Lane:
         if moved:
             log.info("recovered payloads of a stopped intake process", payloads=int(moved))
 
-    async def _heartbeat(self) -> None:
-        """Keep the heartbeat key alive while a round takes long (a slow transaction)."""
-        while True:
-            await asyncio.sleep(self.heartbeat_ms / 3000)
+    @contextlib.asynccontextmanager
+    async def _alive(self) -> AsyncIterator[None]:
+        """Refresh the heartbeat key while the body runs (a slow round must not look like a
+        dead lane), then leave. The refresher stops on an event, not by cancellation."""
+        done = asyncio.Event()
+        beating = asyncio.create_task(self._beat(done))
+        try:
+            yield
+        finally:
+            done.set()
+            await beating
+            await self._leave()
+
+    async def _beat(self, done: asyncio.Event) -> None:
+        while not await self._sleep(done, self.heartbeat_ms / 3000):
             with contextlib.suppress(Exception):
                 await self.redis.set(self.heartbeat_key, self.id, px=self.heartbeat_ms)
 
@@ -349,9 +353,12 @@ class Lane:
                 _LEAVE, 3, self.heartbeat_key, PROCESSES, self.inflight_key, self.id
             )
 
-    async def _sleep(self, seconds: float) -> None:
+    @staticmethod
+    async def _sleep(event: asyncio.Event, seconds: float) -> bool:
+        """Wait ``seconds`` or until ``event`` is set; whether it is."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            await asyncio.wait_for(event.wait(), seconds)
+        return event.is_set()
 
 
 async def scored_members(
