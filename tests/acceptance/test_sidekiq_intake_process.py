@@ -196,6 +196,7 @@ async def test_worker_burst_takes_in_then_runs(
     assert waiting == 1
 
 
+@pytest.mark.slow
 async def test_sigkill_of_the_taking_in_worker_loses_no_payload_and_doubles_none(
     services: Services, redis: aioredis.Redis, redis_url: str, start: Start
 ) -> None:
@@ -232,6 +233,7 @@ async def test_sigkill_of_the_taking_in_worker_loses_no_payload_and_doubles_none
     assert await redis.smembers(PROCESSES) == set()
 
 
+@pytest.mark.slow
 async def test_two_workers_take_in_2000_payloads_each_once(
     services: Services, redis: aioredis.Redis, redis_url: str, start: Start
 ) -> None:
