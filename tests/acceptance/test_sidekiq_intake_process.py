@@ -8,7 +8,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,12 +19,10 @@ from sqlalchemy import text
 
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import INFLIGHT_PREFIX, PROCESSES, SCHEDULE
-from tests.acceptance.conftest import CLI, cli_env
-from tests.helpers import insert
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env, free_port, until
+from tests.support.helpers import insert
 from tests.support.sidekiq import enqueue_ruby
 
-#: Upper bound for waiting on another process.
-WAIT = 60.0
 #: ``COCOV_HEARTBEAT_TIMEOUT`` of the workers: a killed one's payloads are recovered after it.
 HEARTBEAT_TIMEOUT = "2"
 #: Class and job of the payloads counted here: a no-op for users that do not exist.
@@ -34,17 +31,11 @@ CLASS, JOB = "UpdateCommitsAuthorJob", "update_commits_author"
 Start = Callable[..., subprocess.Popen[str]]
 
 
-async def until(condition: Callable[[], Awaitable[bool]], interval: float = 0.05) -> None:
-    """Poll ``condition`` (another process changes it) until it holds, at most :data:`WAIT`."""
+async def soon(condition: Callable[[], Awaitable[bool]]) -> None:
+    """:func:`until`, looking every 2 ms: to catch a worker in the middle of a round."""
     async with asyncio.timeout(WAIT):
         while not await condition():  # noqa: ASYNC110 - another process, no event to await
-            await asyncio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            await asyncio.sleep(0.002)
 
 
 @pytest.fixture
@@ -217,7 +208,7 @@ async def test_sigkill_of_the_taking_in_worker_loses_no_payload_and_doubles_none
             held = await in_flight(redis, pid)
             return held > 0 or await redis.llen("queue:default") == 0
 
-        await until(holding_or_empty, interval=0.002)
+        await soon(holding_or_empty)
         await asyncio.sleep(rng.uniform(0, 0.02))
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=WAIT)

@@ -13,18 +13,17 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
-from tests.conftest import make_settings
-from tests.helpers import drain, insert, insert_repository, job_log, jobs, service_token
-from tests.integration.pipeline_fixtures import (
+from tests.support.helpers import drain, insert, insert_repository, job_log, jobs, service_token
+from tests.support.pipeline import (
     AUTHOR_EMAIL,
     CRYPTO_KEY,
     UI,
     artifacts_over_quota,
-    covered,
     push_repository,
     row,
     rows,
 )
+from tests.support.settings import make_settings
 from tests.support.sidekiq import enqueue_ruby
 
 from cocov_jobs import contracts
@@ -36,6 +35,7 @@ from cocov_jobs.services import Services
 from cocov_jobs.sidekiq import leftovers
 from cocov_jobs.sidekiq.intake import INFLIGHT_PREFIX, PROCESSES, SCHEDULE, Intake
 from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing.coverage import covered
 from cocov_jobs.web.app import create_app
 
 DATA = Path(__file__).parent.parent / "data" / "sidekiq"
