@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 setup: system-packages $(BIN)/cocov-jobs
 
 # Debian packages: the service's (embedded stores, clones), the browser the dashboard tests
-# drive, and Ruby with Rails' actionpack and the Redis gem (tests compare our Ruby-compatible
-# text with Ruby's and write Redis values the way Cocov's API does). Installed only when missing.
+# drive, and Ruby: Rails' actionpack and the Redis gem (tests compare our Ruby-compatible text
+# with Ruby's and write Redis values the way Cocov's API does), Sidekiq and ActiveJob (the Sidekiq
+# intake tests enqueue through them). Installed only when missing.
 system-packages:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql postgresql-contrib"; \
@@ -19,6 +20,7 @@ system-packages:
 	command -v zstd >/dev/null || missing="$$missing zstd"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	ruby -e 'require "action_controller"; require "redis"' 2>/dev/null || missing="$$missing ruby ruby-actionpack ruby-redis"; \
+	ruby -e 'require "sidekiq"; require "active_job"' 2>/dev/null || missing="$$missing ruby-sidekiq ruby-activejob"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -517,10 +517,21 @@ class SidekiqSetup:
 
 
 def run_sidekiq_once(
-    setup: SidekiqSetup, workload: str, concurrency: int, jobs: int
+    setup: SidekiqSetup,
+    workload: str,
+    concurrency: int,
+    jobs: int,
+    *,
+    script: Path = SIDEKIQ_SCRIPT,
+    queue: str = "bench",
+    push_args: list[str] | None = None,
 ) -> tuple[float, float, dict[str, Any]]:
-    """Push, then drain with one ``sidekiq`` process: (enqueue s, spawn time, stamps)."""
+    """Push (``ruby SCRIPT push PUSH_ARGS``), then drain ``queue`` with one ``sidekiq -r
+    SCRIPT`` process: (enqueue s, spawn time, stamps). ``bench/intake.py`` runs its own script."""
     import redis
+
+    if push_args is None:
+        push_args = [workload, str(jobs), str(setup.rows)]
 
     client = redis.Redis.from_url(setup.redis_url)
     try:
@@ -533,7 +544,7 @@ def run_sidekiq_once(
             "BENCH_BATCH": str(setup.batch),
         }
         push = subprocess.run(
-            ["ruby", str(SIDEKIQ_SCRIPT), "push", workload, str(jobs), str(setup.rows)],
+            ["ruby", str(script), "push", *push_args],
             env=env,
             capture_output=True,
             text=True,
@@ -542,10 +553,10 @@ def run_sidekiq_once(
         if push.returncode != 0:
             raise BenchError(f"Sidekiq push failed:\n{push.stderr[-3000:]}")
         enqueue_seconds = float(json.loads(push.stdout.strip().splitlines()[-1])["seconds"])
-        queued = int(client.llen("queue:bench"))
+        queued = int(client.llen(f"queue:{queue}"))
         if queued != jobs:
             raise BenchError(f"Sidekiq queue holds {queued} jobs after the push, not {jobs}")
-        argv = ["sidekiq", "-r", str(SIDEKIQ_SCRIPT), "-q", "bench", "-c", str(concurrency)]
+        argv = ["sidekiq", "-r", str(script), "-q", queue, "-c", str(concurrency)]
         with setup.log_path.open("ab") as log:
             spawned = time.time()
             process = subprocess.Popen(
@@ -575,7 +586,7 @@ def run_sidekiq_once(
         if ready is None:
             raise BenchError("Sidekiq never fired its :startup event")
         stamps["ready"] = float(ready)
-        if stamps["count"] != jobs or int(client.llen("queue:bench")) != 0:
+        if stamps["count"] != jobs or int(client.llen(f"queue:{queue}")) != 0:
             raise BenchError(f"Sidekiq ran {stamps['count']} jobs, expected {jobs}")
         failed = int(client.get("stat:failed") or 0) + int(client.zcard("retry"))
         if failed:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every fault scenario of issue 7 one after the other and prints one line per scenario:
+# Runs every fault scenario (issue 7, and the Sidekiq intake's of issue 11) one after the other and prints one line per scenario:
 #   <name> trials=<n> failures=<n> <figures...>
 # Exit status: 0 when every scenario ran with failures=0, 1 otherwise.
 # Traffic goes to 127.0.0.1 only; every scenario starts (and stops) its own servers.
@@ -12,6 +12,7 @@ mkdir -p "$LOG_DIR"
 
 scenarios=(
   "worker_kill bench/faults/worker_kill.py"
+  "intake_kill bench/faults/intake_kill.py"
   "pg_restart bench/faults/pg_restart.py"
   "redis_outage bench/faults/redis_outage.py"
   "github_faults bench/faults/github_faults.py"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -68,7 +69,10 @@ class Settings(BaseSettings):
     database_port: int = 5432
     redis_url: str = ""
     redis_cache_url: str = ""
+    #: Sidekiq's Redis, where Cocov's API enqueues its jobs: set, every worker takes them in.
     sidekiq_redis_url: str = ""
+    #: The Sidekiq queues taken in, comma-separated (Cocov enqueues everything on ``default``).
+    sidekiq_queues: str = "default"
     data_dir: Path = Path(".cocov")
 
     allow_outside_collaborators: bool = True
@@ -127,6 +131,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         return _check_url(value, ("redis", "rediss", "unix"))
 
+    @field_validator("sidekiq_queues")
+    @classmethod
+    def _queue_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        if not all(names) or any(re.search(r"\s", name) for name in names):
+            raise ValueError(f"must be comma-separated queue names, got {value!r}")
+        return ",".join(names)
+
     @field_validator("repository_cache_max_size")
     @classmethod
     def _quota(cls, value: int) -> int:
@@ -180,6 +192,11 @@ class Settings(BaseSettings):
             name = self.database_name or "cocov"
             return f"postgresql://{auth}@{self.database_host}:{self.database_port}/{name}"
         return None
+
+    @property
+    def sidekiq_queue_names(self) -> tuple[str, ...]:
+        """``COCOV_SIDEKIQ_QUEUES`` as a tuple, in the order given (the intake's order)."""
+        return tuple(self.sidekiq_queues.split(","))
 
     @property
     def ui_url(self) -> str:

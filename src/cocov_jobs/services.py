@@ -33,6 +33,8 @@ class Services:
     redis: aioredis.Redis
     #: Cache Redis (Cocov's db1): organization repositories listing.
     cache_redis: aioredis.Redis
+    #: Sidekiq's Redis (Cocov's db2), where Cocov's API enqueues its jobs; None: no intake.
+    sidekiq_redis: aioredis.Redis | None = None
     _github: GitHubClient | None = field(default=None, repr=False)
     _storage: CommitStorage | None = field(default=None, repr=False)
     _installation_tokens: InstallationTokenProvider | None = field(default=None, repr=False)
@@ -70,6 +72,8 @@ class Services:
         await self.redis.aclose()
         if self.cache_redis is not self.redis:
             await self.cache_redis.aclose()
+        if self.sidekiq_redis is not None:
+            await self.sidekiq_redis.aclose()
         await self.engine.dispose()
 
 
@@ -94,6 +98,11 @@ async def open_services(
         sessions=session_factory(engine, {REGISTRY_KEY: registry}),
         redis=primary,
         cache_redis=cache,
+        sidekiq_redis=(
+            aioredis.Redis.from_url(settings.sidekiq_redis_url)
+            if settings.sidekiq_redis_url
+            else None
+        ),
     )
     try:
         yield services

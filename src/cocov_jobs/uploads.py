@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs import contracts
+from cocov_jobs.coverage import CoverageFormatError, decode_payload, validate_path
 from cocov_jobs.registration import canonical_coverage, lock_commit, queue_coverage
 
 _FIND_REPOSITORY = text("SELECT EXISTS (SELECT 1 FROM repositories WHERE id = :id)")
@@ -31,6 +32,11 @@ _FIND_COMMIT = text("SELECT id FROM commits WHERE repository_id = :repository_id
 
 class UploadError(ValueError):
     """The upload cannot be accepted; the message says why."""
+
+
+class InvalidCoverageData(UploadError):
+    """The ``data`` map breaks the coverage wire format (a path or a value; the message names
+    the file)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,24 @@ def parse_upload_document(document: object, sha: str) -> dict[str, Any]:
             raise UploadError(f"the coverage file is for commit {commit_sha}, not {sha}")
     if not data:
         raise UploadError("the coverage file holds no data")
+    return data
+
+
+def check_coverage_data(data: object) -> dict[str, str]:
+    """``data`` if it maps canonical relative paths to base64 coverage, else
+    :class:`InvalidCoverageData`; the check ``POST /v1/reports`` and Sidekiq's
+    ``ProcessCoverageJob`` payloads share.
+    """
+    if not isinstance(data, dict):
+        raise InvalidCoverageData("data must map file paths to base64 coverage data")
+    for path, encoded in data.items():
+        try:
+            validate_path(path)
+            if not isinstance(encoded, str):
+                raise CoverageFormatError(f"Coverage data for {path!r} is not a string")
+            decode_payload(path, encoded)
+        except CoverageFormatError as exc:
+            raise InvalidCoverageData(str(exc)) from None
     return data
 
 

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from tests.support.admin import enqueue, failed_job
-from tests.support.helpers import insert, jobs
+from tests.support.helpers import jobs, service_token
 
-from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 from cocov_jobs.web.app import create_app
@@ -26,16 +25,7 @@ PAGES = (
 
 @pytest.fixture
 async def token(services: Services) -> str:
-    owner = await insert(services, "users", login="ops", github_id=7, github_token="x", admin=True)
-    value = new_service_token()
-    await insert(
-        services,
-        "service_tokens",
-        token_hash=service_token_digest(value),
-        description="ops",
-        owner_id=owner,
-    )
-    return value
+    return await service_token(services)
 
 
 @pytest.fixture

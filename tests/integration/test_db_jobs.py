@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 
 from sqlalchemy import text
-from tests.support.helpers import drain, insert, jobs
+from tests.support.helpers import drain, insert, insert_repository, jobs
 from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
@@ -15,15 +15,7 @@ from cocov_jobs.services import Services
 
 
 async def make_repo(services: Services, name: str = "api", **values: object) -> int:
-    return await insert(
-        services,
-        "repositories",
-        name=name,
-        default_branch="main",
-        token=f"crt_{name}",
-        github_id=abs(hash(name)) % 1_000_000,
-        **values,
-    )
+    return await insert_repository(services, name, **values)
 
 
 async def make_commit(services: Services, repo: int, sha: str, **values: object) -> int:

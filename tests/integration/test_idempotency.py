@@ -25,6 +25,7 @@ from tests.support.helpers import drain, insert, jobs
 from tests.support.pipeline import (
     CRYPTO_KEY,
     UI,
+    artifacts_over_quota,
     enqueue,
     push_repository,
     store_upload,
@@ -95,7 +96,7 @@ async def _destroy(env: Env) -> dict[str, Any]:
     pushed = await push_repository(env.services, env.fake, FILES)
     await enqueue(env.services, "process_commit", commit_id=pushed.commit_id)
     await drain(env.services)  # a stored clone, a check set and a descriptor to delete
-    await _artifacts(env.services, pushed.repository_id)
+    await artifacts_over_quota(env.services, pushed.repository_id)
     return {"repository_id": pushed.repository_id}
 
 
@@ -123,28 +124,9 @@ async def _process_coverage(env: Env) -> dict[str, Any]:
     return {"repository_id": pushed.repository_id, "sha": pushed.sha, "upload_id": upload_id}
 
 
-async def _artifacts(services: Services, repository_id: int) -> None:
-    """Three artifacts of 60 bytes each (180 > :data:`CACHE_QUOTA`)."""
-    for index in range(3):
-        await insert(
-            services,
-            "cache_artifacts",
-            repository_id=repository_id,
-            name=f"gems-{index}",
-            name_hash=f"h{index}",
-            size=60,
-            engine="e",
-            mime="m",
-        )
-    async with services.sessions.begin() as session:
-        await session.execute(
-            text("UPDATE repositories SET cache_size = 180 WHERE id = :r"), {"r": repository_id}
-        )
-
-
 async def _cache_eviction(env: Env) -> dict[str, Any]:
     pushed = await push_repository(env.services, env.fake, FILES)
-    await _artifacts(env.services, pushed.repository_id)
+    await artifacts_over_quota(env.services, pushed.repository_id)
     return {"repository_id": pushed.repository_id}
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
-from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.helpers import drain, insert, insert_repository, job_log, jobs
 from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
@@ -28,14 +28,7 @@ def settings(fake_github: FakeGitHub) -> Settings:
 
 
 async def make_repo(services: Services, name: str, github_id: int) -> int:
-    return await insert(
-        services,
-        "repositories",
-        name=name,
-        default_branch="main",
-        token=f"crt_{name}",
-        github_id=github_id,
-    )
+    return await insert_repository(services, name, github_id=github_id)
 
 
 async def make_member(services: Services, repo: int, member: int, level: int) -> int:

@@ -1,4 +1,5 @@
-"""``prune_history`` bounds the deliveries and job log tables, keeping what is still useful."""
+"""``prune_history`` bounds the deliveries, Sidekiq keys and job log tables, keeping what is
+still useful."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Servic
         )
         await session.execute(
             text(
+                "INSERT INTO cocov_jobs_sidekiq_taken (key, ruby_class, taken_at)"
+                " VALUES ('old', 'ProcessCommitJob', now() - interval '30 days'),"
+                " ('new', 'ProcessCommitJob', now())"
+            )
+        )
+        await session.execute(
+            text(
                 "INSERT INTO pgqueuer (priority, entrypoint, payload, status)"
                 " VALUES (0, 'update_commits_author', '{}', 'failed')"
             )
@@ -43,6 +51,11 @@ async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Servic
     await drain(services)
     deliveries = await count(services, "SELECT count(*) FROM cocov_jobs_webhook_deliveries")
     assert deliveries == 1
+    taken = "SELECT count(*) FROM cocov_jobs_sidekiq_taken"
+    assert (await count(services, taken), await count(services, taken + " WHERE key = 'new'")) == (
+        1,
+        1,
+    )
     kept = await count(
         services, "SELECT count(*) FROM pgqueuer_log WHERE job_id IN (999997, 999998, 999999)"
     )

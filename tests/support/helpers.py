@@ -1,4 +1,4 @@
-"""Small helpers shared by tests: rows, jobs, a burst worker."""
+"""Small helpers shared by tests: rows, jobs, a burst worker, service tokens."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 
@@ -49,3 +50,25 @@ async def insert(services: Services, table: str, **values: Any) -> int:
             text(f"INSERT INTO {table} ({cols}) VALUES ({params}) RETURNING id"), values
         )
         return int(result.scalar_one())
+
+
+async def insert_repository(services: Services, name: str = "api", **values: Any) -> int:
+    """A repository row named ``name`` (token ``crt_<name>``, a GitHub id from the name)."""
+    values.setdefault("github_id", abs(hash(name)) % 1_000_000)
+    return await insert(
+        services, "repositories", name=name, default_branch="main", token=f"crt_{name}", **values
+    )
+
+
+async def service_token(services: Services) -> str:
+    """A new service token of a new admin user (the service API's and dashboard's credential)."""
+    owner = await insert(services, "users", login="ops", github_id=7, github_token="x", admin=True)
+    value = new_service_token()
+    await insert(
+        services,
+        "service_tokens",
+        token_hash=service_token_digest(value),
+        description="ops",
+        owner_id=owner,
+    )
+    return value

@@ -129,3 +129,22 @@ async def store_upload(services: Services, pushed: Pushed, data: Mapping[str, ob
             {"r": pushed.repository_id, "s": pushed.sha, "d": json.dumps(data)},
         )
     return int(upload_id)
+
+
+async def artifacts_over_quota(services: Services, repository_id: int) -> None:
+    """Three cache artifacts of 60 bytes each: 180, over a quota of 100."""
+    for index in range(3):
+        await insert(
+            services,
+            "cache_artifacts",
+            repository_id=repository_id,
+            name=f"gems-{index}",
+            name_hash=f"h{index}",
+            size=60,
+            engine="e",
+            mime="m",
+        )
+    async with services.sessions.begin() as session:
+        await session.execute(
+            text("UPDATE repositories SET cache_size = 180 WHERE id = :r"), {"r": repository_id}
+        )

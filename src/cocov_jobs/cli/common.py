@@ -22,6 +22,7 @@ from cocov_jobs.db.session import DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services, open_services
+from cocov_jobs.sidekiq.intake import Intake
 from cocov_jobs.web.server import Server
 
 log = structlog.get_logger("cocov_jobs")
@@ -128,11 +129,22 @@ def run_with_services(settings: Settings, action: Callable[[Services], Awaitable
     return run_async(settings, body)
 
 
-async def serve_with_worker(worker: Worker, server: Server) -> None:
-    """Serve HTTP while ``worker`` runs; stop serving when it stops."""
-    web = asyncio.create_task(server.serve())
+async def serve_with_worker(worker: Worker, server: Server | None) -> None:
+    """Run ``worker``, serving HTTP (``server``) meanwhile, and take in Cocov's Sidekiq queues
+    when ``COCOV_SIDEKIQ_REDIS_URL`` is set: a burst worker takes in everything there first,
+    any other runs the intake until the worker stops."""
+    services = worker.services
+    intake = Intake(services) if services.sidekiq_redis is not None else None
+    if intake is not None and worker.burst:
+        log.info("sidekiq intake drained", payloads=await intake.drain())
+    helpers = [asyncio.create_task(server.serve())] if server is not None else []
+    if intake is not None and not worker.burst:
+        helpers.append(asyncio.create_task(intake.run()))
     try:
         await worker.run()
     finally:
-        server.should_exit = True
-        await web
+        if server is not None:
+            server.should_exit = True
+        if intake is not None:
+            intake.stop()
+        await asyncio.gather(*helpers)

@@ -125,7 +125,8 @@ def demo_settings(base: Settings, fake: FakeGitHub, directory: Path) -> Settings
     """``base`` pointed at the fake, with ``directory``, local storage and a random key.
 
     The stores are always the embedded ones in ``directory``: the demo never writes into an
-    installation configured by ``COCOV_DATABASE_URL`` / ``COCOV_REDIS_URL``.
+    installation configured by ``COCOV_DATABASE_URL`` / ``COCOV_REDIS_URL``, and takes in
+    nothing from ``COCOV_SIDEKIQ_REDIS_URL``.
     """
     return base.model_copy(
         update={
@@ -134,6 +135,7 @@ def demo_settings(base: Settings, fake: FakeGitHub, directory: Path) -> Settings
             "database_host": "",
             "redis_url": "",
             "redis_cache_url": "",
+            "sidekiq_redis_url": "",
             "data_dir": directory,
             "git_service_storage_mode": "local",
             "git_service_local_storage_path": directory / "storage",

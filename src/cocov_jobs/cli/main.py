@@ -27,6 +27,7 @@ from cocov_jobs.cli.common import (
     serve_with_worker,
     warn_if_listing_misses_cocov,
 )
+from cocov_jobs.cli.sidekiq import sidekiq_app
 from cocov_jobs.cli.tokens import tokens_app
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import DEFAULT_POOL_SIZE
@@ -46,6 +47,7 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(sidekiq_app, name="sidekiq")
 
 #: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
 #: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
@@ -89,7 +91,7 @@ def worker(
         ),
     ] = False,
 ) -> None:
-    """Run jobs (with Cocov's Sidekiq probe server unless --burst)."""
+    """Run jobs and take in Cocov's Sidekiq queues (with its probe server unless --burst)."""
     settings = load()
     warn_if_listing_misses_cocov(settings)
 
@@ -98,13 +100,10 @@ def worker(
             await upgrade(services.engine, found.database_url)
         w = Worker(services, concurrency=concurrency, burst=burst, burst_horizon=BURST_HORIZON)
         w.install_signal_handlers()
-        if burst:
-            await w.run()
-            return
         probes = make_server(
             create_probe_app(services), settings.sidekiq_probe_address, settings.sidekiq_probe_port
         )
-        await serve_with_worker(w, probes)
+        await serve_with_worker(w, None if burst else probes)
 
     run_async(settings, body, pool_size=concurrency or settings.worker_concurrency)
 

@@ -13,6 +13,8 @@ the arguments validated, without a process-wide registry.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,19 +54,49 @@ async def asyncpg_connection(session: AsyncSession) -> Any:
     return raw.driver_connection
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert: validated ``values``, due after ``delay`` seconds (now when ≤ 0).
+
+    ``dedupe=False`` inserts it even while a copy with its dedupe key waits.
+    """
+
+    definition: JobDefinition
+    values: dict[str, Any]
+    delay: float = 0.0
+    dedupe: bool = True
+
+
+async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[int | None]:
+    """Insert ``jobs`` with one statement; their ids in order, None where deduplicated.
+
+    Rows go in ordered by dedupe key, so two transactions inserting overlapping keys wait for
+    each other rather than deadlock.
+    """
+    if not jobs:
+        return []
+    keys = [job.definition.dedupe_key(job.values) if job.dedupe else None for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: keys[i] or "")
+    queries = Queries(AsyncpgDriver(await asyncpg_connection(session)))
+    ids = await queries.enqueue(
+        [jobs[i].definition.name for i in order],
+        [json.dumps(jobs[i].values).encode() for i in order],
+        [0] * len(jobs),
+        [timedelta(seconds=jobs[i].delay) if jobs[i].delay > 0 else None for i in order],
+        [keys[i] for i in order],
+        on_conflict="skip",
+    )
+    placed: list[int | None] = [None] * len(jobs)
+    for position, job_id in zip(order, ids, strict=True):
+        placed[position] = job_id
+    return placed
+
+
 async def insert_job(
     session: AsyncSession, definition: JobDefinition, values: dict[str, Any], delay: float
 ) -> int | None:
     """Insert validated ``values`` for ``definition``; None when deduplicated."""
-    queries = Queries(AsyncpgDriver(await asyncpg_connection(session)))
-    ids = await queries.enqueue(
-        definition.name,
-        json.dumps(values).encode(),
-        execute_after=timedelta(seconds=delay) if delay > 0 else None,
-        dedupe_key=definition.dedupe_key(values),
-        on_conflict="skip",
-    )
-    return ids[0]
+    return (await insert_jobs(session, [NewJob(definition, values, delay)]))[0]
 
 
 async def enqueue(

@@ -12,6 +12,11 @@ _DELIVERIES = text(
     "DELETE FROM cocov_jobs_webhook_deliveries"
     " WHERE received_at < now() - make_interval(days => :d)"
 )
+# Keys of Sidekiq payloads taken in: a payload is replayed within seconds of being taken (a
+# killed intake process), never weeks later.
+_SIDEKIQ_TAKEN = text(
+    "DELETE FROM cocov_jobs_sidekiq_taken WHERE taken_at < now() - make_interval(days => :d)"
+)
 # Finished jobs' log rows, once folded into pgqueuer_statistics; rows of jobs still in the
 # queue (waiting, running or held as failed) are kept for their history.
 _JOB_LOG = text(
@@ -25,12 +30,20 @@ _JOB_LOG = text(
 
 @job(lock="prune-history", dedupe="", every=lambda s: s.prune_minutes)
 async def prune_history(ctx: JobContext) -> None:
-    """Delete webhook deliveries and finished jobs' log rows older than the retention.
+    """Delete webhook deliveries, taken Sidekiq keys and finished jobs' log rows older than
+    the retention.
 
     ``COCOV_HISTORY_RETENTION_DAYS`` (14) days; runs every ``COCOV_PRUNE_MINUTES`` (1440).
     """
     days = ctx.settings.history_retention_days
     async with ctx.db.begin() as session:
         deliveries = (await session.execute(_DELIVERIES, {"d": days})).rowcount  # type: ignore[attr-defined]
+        taken = (await session.execute(_SIDEKIQ_TAKEN, {"d": days})).rowcount  # type: ignore[attr-defined]
         logs = (await session.execute(_JOB_LOG, {"d": days})).rowcount  # type: ignore[attr-defined]
-    ctx.log.info("history pruned", deliveries=deliveries, job_log_rows=logs, days=days)
+    ctx.log.info(
+        "history pruned",
+        deliveries=deliveries,
+        sidekiq_keys=taken,
+        job_log_rows=logs,
+        days=days,
+    )

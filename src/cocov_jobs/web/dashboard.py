@@ -13,7 +13,8 @@ a signed session cookie valid :data:`SESSION_MAX_AGE` seconds. Sessions are sign
 Every POST form carries a CSRF token that must equal the ``SameSite=Strict`` CSRF cookie
 (double submit); requests authenticated by the bearer header need none (no ambient credential).
 
-Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers),
+Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers, the
+Sidekiq intake's backlog when one is configured),
 one list per state (keyset pages of :data:`~cocov_jobs.engine.admin.PAGE_SIZE`), a job's history,
 periodic schedules, workers. Actions: retry, cancel, delete, retry all failed, run a periodic
 job now.
@@ -38,6 +39,7 @@ from starlette.templating import Jinja2Templates
 from cocov_jobs.config import Settings
 from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
+from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
 from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.chart import runs_chart
 
@@ -204,9 +206,16 @@ async def logout(request: Request) -> Response:
 
 @page
 async def overview(request: Request) -> Response:
-    stats = await admin.stats(_services(request))
+    services = _services(request)
+    stats = await admin.stats(services)
     chart = runs_chart(stats.runs)
-    return _render(request, "overview.html", stats=stats, chart=chart, page="overview")
+    try:
+        sidekiq: IntakeStatus | str | None = await current_status(services)
+    except Exception as exc:  # the page shows the rest; the intake box says why it is empty
+        sidekiq = f"Sidekiq's Redis cannot be read ({type(exc).__name__})"
+    return _render(
+        request, "overview.html", stats=stats, chart=chart, sidekiq=sidekiq, page="overview"
+    )
 
 
 @page

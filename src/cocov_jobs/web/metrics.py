@@ -1,6 +1,7 @@
 """``GET /metrics`` (Prometheus text format) and the middleware counting HTTP requests.
 
-The scrape refreshes the gauges of :mod:`cocov_jobs.engine.metrics` with one SQL query, then renders
+The scrape refreshes the gauges of :mod:`cocov_jobs.engine.metrics` with one SQL query (and,
+when the Sidekiq intake is configured, its backlog in Sidekiq's Redis), then renders
 the process's :data:`~cocov_jobs.engine.metrics.REGISTRY`. Requests are counted by route *template*
 (``/dashboard/jobs/{job_id}``, not the id), so the label set stays small; unmatched paths
 count as ``<unmatched>``.
@@ -15,6 +16,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cocov_jobs.engine import metrics
+from cocov_jobs.sidekiq import intake
 
 #: Route label of requests no route matched.
 UNMATCHED = "<unmatched>"
@@ -22,6 +24,7 @@ UNMATCHED = "<unmatched>"
 
 async def scrape(request: Request) -> Response:
     await metrics.refresh(request.app.state.services)
+    await intake.refresh_metrics(request.app.state.services)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,7 +1,8 @@
 """Probes, on the web port and on Cocov's Sidekiq probe address for worker processes.
 
 * ``/system/probes/liveness`` — 200 ``{"ok": true}`` while the process serves requests.
-* ``/system/probes/readiness`` — 200 when PostgreSQL and Redis answer, the schema is at head and
+* ``/system/probes/readiness`` — 200 when PostgreSQL and Redis (and Sidekiq's Redis, when
+  ``COCOV_SIDEKIQ_REDIS_URL`` is set) answer, the schema is at head and
   (when a worker is expected) a worker heartbeat is fresher than
   :data:`WORKER_FRESHNESS`; else 503 with the failing checks.
 * ``/system/ping`` — 204.
@@ -61,15 +62,19 @@ async def readiness(request: Request) -> Response:
     except Exception as exc:  # any failure means not ready; say which
         checks["postgresql"] = False
         checks["postgresql_error"] = type(exc).__name__
-    try:
-        checks["redis"] = bool(await asyncio.wait_for(services.redis.ping(), CHECK_TIMEOUT))
-    except Exception as exc:
-        checks["redis"] = False
-        checks["redis_error"] = type(exc).__name__
+    redises = {"redis": services.redis}
+    if services.sidekiq_redis is not None:
+        redises["sidekiq_redis"] = services.sidekiq_redis
+    for name, client in redises.items():
+        try:
+            checks[name] = bool(await asyncio.wait_for(client.ping(), CHECK_TIMEOUT))
+        except Exception as exc:
+            checks[name] = False
+            checks[f"{name}_error"] = type(exc).__name__
     ready = (
         checks.get("postgresql") is True
         and checks.get("schema") is True
-        and checks["redis"]
+        and all(checks[name] for name in redises)
         and (not expect_worker or checks.get("workers", 0) > 0)
     )
     return JSONResponse({"ok": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -36,10 +36,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cocov_jobs.coverage import CoverageFormatError, decode_payload, validate_path
 from cocov_jobs.gitstore.layout import check_sha
 from cocov_jobs.services import Services
-from cocov_jobs.uploads import store_upload
+from cocov_jobs.uploads import InvalidCoverageData, check_coverage_data, store_upload
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
 from cocov_jobs.web.errors import ApiError
@@ -63,10 +62,6 @@ def _blank(value: object) -> bool:
     return isinstance(value, dict | list) and not value
 
 
-def _invalid_data(message: str) -> ApiError:
-    return ApiError(422, "report.invalid_data", message)
-
-
 def parse_upload(body: dict[str, Any]) -> Upload:
     """The upload in ``body``, every path and value checked, else a 400/422 :class:`ApiError`."""
     data, sha = body.get("data"), body.get("commit_sha")
@@ -80,17 +75,10 @@ def parse_upload(body: dict[str, Any]) -> Upload:
         raise ApiError(
             422, "report.invalid_commit_sha", "commit_sha must be a full commit id"
         ) from None
-    if not isinstance(data, dict):
-        raise _invalid_data("data must map file paths to base64 coverage data")
-    for path, encoded in data.items():
-        try:
-            validate_path(path)
-            if not isinstance(encoded, str):
-                raise CoverageFormatError(f"Coverage data for {path!r} is not a string")
-            decode_payload(path, encoded)
-        except CoverageFormatError as exc:
-            raise _invalid_data(str(exc)) from None
-    return Upload(sha, data)
+    try:
+        return Upload(sha, check_coverage_data(data))
+    except InvalidCoverageData as exc:
+        raise ApiError(422, "report.invalid_data", str(exc)) from None
 
 
 async def post_report(request: Request) -> Response:
