@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
+    #: Worker processes ``cocov-jobs worker`` runs under one supervisor; 0 = one per core.
+    worker_processes: int = Field(default=0, ge=0, le=256)
     shutdown_timeout: float = Field(default=DEFAULT_SHUTDOWN_TIMEOUT, ge=0)
     heartbeat_timeout: float = Field(default=DEFAULT_HEARTBEAT_TIMEOUT, gt=0)
     max_attempts: int = Field(default=25, ge=1)

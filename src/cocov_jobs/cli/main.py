@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 import typer
 import uvicorn
 from rich.table import Table
@@ -28,18 +30,21 @@ from cocov_jobs.cli.common import (
     warn_if_listing_misses_cocov,
 )
 from cocov_jobs.cli.sidekiq import sidekiq_app
+from cocov_jobs.cli.supervisor import Supervisor, child_argv, child_env
 from cocov_jobs.cli.tokens import tokens_app
+from cocov_jobs.config import Settings
 from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import DEFAULT_POOL_SIZE
+from cocov_jobs.db.session import DEFAULT_POOL_SIZE, asyncpg_dsn
 from cocov_jobs.embedded import Stores
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.queue import enqueue as enqueue_job
 from cocov_jobs.engine.registry import JobArgumentsError, UnknownJobError
+from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
-from cocov_jobs.web.server import make_server
+from cocov_jobs.web.server import Server, make_server
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -83,29 +88,85 @@ def run(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Parallel jobs.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Parallel jobs per process.")
+    ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Worker processes under one supervisor (0: one per core).",
+        ),
+    ] = None,
     burst: Annotated[
         bool,
         typer.Option(
             "--burst", help="Exit once no job is running or due within BURST_HORIZON seconds."
         ),
     ] = False,
+    child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
 ) -> None:
     """Run jobs and take in Cocov's Sidekiq queues (with its probe server unless --burst)."""
     settings = load()
     warn_if_listing_misses_cocov(settings)
+    count = processes if processes is not None else settings.worker_processes
+    count = count or os.cpu_count() or 1
+    if count > 1 and not child:
+        raise typer.Exit(supervise(settings, count, concurrency, burst))
 
     async def body(services: Services, found: Stores) -> None:
         if found.embedded:
             await upgrade(services.engine, found.database_url)
-        w = Worker(services, concurrency=concurrency, burst=burst, burst_horizon=BURST_HORIZON)
-        w.install_signal_handlers()
-        probes = make_server(
-            create_probe_app(services), settings.sidekiq_probe_address, settings.sidekiq_probe_port
+        w = Worker(
+            services,
+            concurrency=concurrency,
+            burst=burst,
+            burst_horizon=BURST_HORIZON,
+            schedule=not child,
         )
-        await serve_with_worker(w, None if burst else probes)
+        w.install_signal_handlers()
+        await serve_with_worker(w, None if burst or child else probe_server(services, settings))
 
     run_async(settings, body, pool_size=concurrency or settings.worker_concurrency)
+
+
+def probe_server(services: Services, settings: Settings) -> Server:
+    """Cocov's Sidekiq probe server (probes and /metrics) on its configured address."""
+    return make_server(
+        create_probe_app(services), settings.sidekiq_probe_address, settings.sidekiq_probe_port
+    )
+
+
+def supervise(settings: Settings, processes: int, concurrency: int | None, burst: bool) -> int:
+    """Run ``processes`` worker children (see :mod:`cocov_jobs.cli.supervisor`); exit status."""
+
+    async def body(services: Services, found: Stores) -> int:
+        if found.embedded:
+            await upgrade(services.engine, found.database_url)
+        supervisor = Supervisor(
+            child_argv(concurrency, burst),
+            child_env(found.database_url, found.redis_url, found.redis_cache_url),
+            processes,
+            burst=burst,
+        )
+        supervisor.install_signal_handlers()
+        if burst:
+            return await supervisor.run()
+        pool = await asyncpg.create_pool(asyncpg_dsn(found.database_url), min_size=1, max_size=2)
+        server = probe_server(services, settings)
+        helpers = [
+            asyncio.create_task(server.serve()),
+            asyncio.create_task(run_periodic(services, lambda: pool)),
+        ]
+        try:
+            return await supervisor.run()
+        finally:
+            server.should_exit = True
+            helpers[1].cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await pool.close()
+
+    return run_async(settings, body)
 
 
 @app.command()

@@ -12,10 +12,25 @@ scheduler (PgQueuer's ``SchedulerManager`` takes standard five-field cron):
 
 from __future__ import annotations
 
-from typing import Final
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final
+
+import asyncpg
+import structlog
+from pgqueuer.db import AsyncpgPoolDriver
+from pgqueuer.queries import Queries
+from pgqueuer.sm import SchedulerManager
 
 from cocov_jobs.config import Settings
+from cocov_jobs.engine.queue import enqueue
 from cocov_jobs.engine.registry import Registry
+from cocov_jobs.services import Services
+
+log = structlog.get_logger(__name__)
+
+#: Seconds before the scheduler starts again after it failed (PostgreSQL went away).
+RESTART_DELAY = 0.5
 
 _MINUTES_PER_HOUR: Final = 60
 _MINUTES_PER_DAY: Final = 1440
@@ -35,3 +50,35 @@ def cron_every(minutes: int) -> str:
 def periodic_schedules(registry: Registry, settings: Settings) -> dict[str, str]:
     """Task name → cron expression of every enabled periodic job."""
     return {name: cron_every(minutes) for name, minutes in registry.periodic(settings).items()}
+
+
+async def run_periodic(services: Services, pool: Callable[[], asyncpg.Pool | None]) -> None:
+    """Enqueue the periodic jobs when due, until cancelled.
+
+    PgQueuer's schedules table makes each tick fire once across all processes; the job's
+    dedupe key keeps at most one waiting copy if ticks outpace the runs. After a failure the
+    scheduler starts again on the pool ``pool()`` returns then.
+    """
+    schedules = periodic_schedules(services.registry, services.settings)
+    if not schedules:
+        return
+
+    async def enqueue_periodic(schedule: Any) -> None:
+        async with services.sessions.begin() as session:
+            job_id = await enqueue(session, str(schedule.entrypoint))
+        log.info("periodic job enqueued", job=str(schedule.entrypoint), job_id=job_id)
+
+    while True:
+        current = pool()
+        assert current is not None
+        manager = SchedulerManager(Queries(AsyncpgPoolDriver(current)))
+        for name, expression in schedules.items():
+            manager.schedule(name, expression, clean_old=True)(enqueue_periodic)
+        try:
+            await manager.run()
+            return
+        except Exception as exc:
+            log.warning("scheduler failed; restarting", error=repr(exc))
+        finally:
+            manager.shutdown.set()
+        await asyncio.sleep(RESTART_DELAY)

@@ -36,14 +36,12 @@ from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.models import Job
 from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
-from pgqueuer.sm import SchedulerManager
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import metrics
 from cocov_jobs.engine.context import JobContext, RetryJob, execute, keep_connection_state
-from cocov_jobs.engine.queue import enqueue
 from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
-from cocov_jobs.engine.schedules import periodic_schedules
+from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.services import Services
 
 log = structlog.get_logger(__name__)
@@ -131,13 +129,16 @@ class Worker:
         concurrency: int | None = None,
         burst: bool = False,
         burst_horizon: float = 0.0,
+        schedule: bool = True,
     ) -> None:
-        """``burst``: stop once no job is running or due within ``burst_horizon`` seconds."""
+        """``burst``: stop once no job is running or due within ``burst_horizon`` seconds;
+        ``schedule``: also enqueue the periodic jobs when due (never in burst mode)."""
         settings = services.settings
         self.services = services
         self.concurrency = concurrency or settings.worker_concurrency
         self.burst = burst
         self.burst_horizon = timedelta(seconds=burst_horizon)
+        self.schedule = schedule and not burst
         self.shutdown_timeout = settings.shutdown_timeout
         self.heartbeat_timeout = timedelta(seconds=settings.heartbeat_timeout)
         self.id = str(uuid.uuid4())
@@ -188,8 +189,9 @@ class Worker:
         helpers = [asyncio.create_task(self._heartbeat())]
         if self.burst:
             helpers.append(asyncio.create_task(self._watch_burst()))
-        else:
-            helpers.append(asyncio.create_task(self._schedule()))
+        if self.schedule:
+            # On the current pool, which _run_queue replaces after PostgreSQL went away.
+            helpers.append(asyncio.create_task(run_periodic(self.services, lambda: self._pool)))
         try:
             await self._stop.wait()
             self.stop()  # the queue manager may have been replaced since stop() was called
@@ -379,34 +381,6 @@ class Worker:
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("worker heartbeat failed", error=str(exc))
-
-    async def _schedule(self) -> None:
-        """Enqueue the periodic jobs (:mod:`cocov_jobs.engine.schedules`) when due.
-
-        PgQueuer's schedules table makes each tick fire once across all workers; the job's
-        dedupe key keeps at most one waiting copy if ticks outpace the runs.
-        """
-        assert self._pool is not None
-        schedules = periodic_schedules(self.services.registry, self.services.settings)
-        if not schedules:
-            return
-        while True:  # on a new pool after PostgreSQL went away (see _run_queue)
-            manager = SchedulerManager(Queries(AsyncpgPoolDriver(self._pool)))
-            for name, expression in schedules.items():
-                manager.schedule(name, expression, clean_old=True)(self._enqueue_periodic)
-            try:
-                await manager.run()
-                return
-            except Exception as exc:
-                log.warning("scheduler failed; restarting", error=repr(exc))
-            finally:
-                manager.shutdown.set()
-            await asyncio.sleep(RECONNECT_DELAY)
-
-    async def _enqueue_periodic(self, schedule: Any) -> None:
-        async with self.services.sessions.begin() as session:
-            job_id = await enqueue(session, str(schedule.entrypoint))
-        log.info("periodic job enqueued", job=str(schedule.entrypoint), job_id=job_id)
 
     async def _watch_burst(self) -> None:
         """In burst mode, stop once no job is ready (due) or running anywhere."""

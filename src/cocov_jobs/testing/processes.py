@@ -38,8 +38,13 @@ SETTINGS_FIELDS = (
 
 
 def cli_env(**values: str) -> dict[str, str]:
-    """The parent environment without any ``COCOV_*`` variable, plus ``values``."""
+    """The parent environment without any ``COCOV_*`` variable, plus ``values``.
+
+    ``cocov-jobs worker`` runs one process unless ``values`` asks for more (the supervisor
+    has tests of its own).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCOV_")}
+    env["COCOV_WORKER_PROCESSES"] = "1"
     env.update(values)
     return env
 

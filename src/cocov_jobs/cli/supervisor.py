@@ -1,0 +1,147 @@
+"""``cocov-jobs worker --processes N``: N worker processes under one supervisor.
+
+One Python process runs jobs on one core; the supervisor starts ``N`` of them (``cocov-jobs
+worker --child``, which run jobs only) and itself serves the Sidekiq probe server and runs the
+periodic scheduler, so there is one of each however many children run.
+
+* ``SIGTERM`` / ``SIGINT`` / ``SIGTSTP`` are forwarded to every child (each then behaves as a
+  single worker does: drain within ``COCOV_SHUTDOWN_TIMEOUT``, or quiet); the supervisor exits
+  once every child has, with status 0 when every child exited 0.
+* A child that exits while the supervisor is not stopping (crash, SIGKILL, out of memory) is
+  started again after :data:`RESTART_DELAY` seconds, doubling up to :data:`RESTART_MAX_DELAY`
+  while children keep dying within :data:`STABLE_SECONDS` of their start. Its jobs are picked
+  again by heartbeat, as for any killed worker.
+* In ``--burst`` mode children are not restarted: the supervisor exits when all have, with
+  status 1 if any failed.
+* A child dies with the supervisor (Linux ``PR_SET_PDEATHSIG``): a supervisor killed with
+  SIGKILL leaves no worker running, and its children's jobs are picked again by heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+#: Seconds before a crashed child is started again (doubled while children keep crashing).
+RESTART_DELAY = 1.0
+RESTART_MAX_DELAY = 30.0
+#: A child that ran this long before dying resets the restart delay.
+STABLE_SECONDS = 60.0
+#: Signals forwarded to every child.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP)
+
+
+@dataclass
+class Child:
+    """One worker process and the delay before it is started again."""
+
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    restart_delay: float = RESTART_DELAY
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts ``processes`` children running ``argv`` with ``env`` and keeps them running."""
+
+    def __init__(
+        self, argv: Sequence[str], env: dict[str, str], processes: int, *, burst: bool
+    ) -> None:
+        self.argv = list(argv)
+        self.env = env
+        self.burst = burst
+        self.children = [Child(i) for i in range(processes)]
+        self._stopping = False
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in FORWARDED:
+            loop.add_signal_handler(signum, self.forward, signum)
+
+    def forward(self, signum: int) -> None:
+        """Send ``signum`` to every child; SIGTERM and SIGINT also stop restarting them."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self._stopping = True
+        for child in self.children:
+            if child.process is not None and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signum)
+
+    async def run(self) -> int:
+        """Run until every child has exited for good; the exit status (see the module)."""
+        results = await asyncio.gather(*(self._keep(child) for child in self.children))
+        return 0 if all(code == 0 for code in results) else 1
+
+    async def _start(self, child: Child) -> asyncio.subprocess.Process:
+        child.started = time.monotonic()
+        child.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, preexec_fn=_die_with_parent
+        )
+        log.info("worker process started", child=child.index, pid=child.process.pid)
+        return child.process
+
+    async def _keep(self, child: Child) -> int:
+        while True:
+            process = await self._start(child)
+            code = await process.wait()
+            child.exit_codes.append(code)
+            if self._stopping or self.burst:
+                return code
+            ran = time.monotonic() - child.started
+            child.restart_delay = (
+                RESTART_DELAY
+                if ran >= STABLE_SECONDS
+                else min(child.restart_delay * 2, RESTART_MAX_DELAY)
+            )
+            log.warning(
+                "worker process exited; starting it again",
+                child=child.index,
+                pid=process.pid,
+                exit_code=code,
+                delay=child.restart_delay,
+            )
+            await asyncio.sleep(child.restart_delay)
+            if self._stopping:
+                return code
+
+
+#: ``prctl`` option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the supervisor dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def child_argv(concurrency: int | None, burst: bool) -> list[str]:
+    """The command line of one child: this program's ``worker --child``."""
+    argv = [sys.executable, "-m", "cocov_jobs", "worker", "--child"]
+    if concurrency is not None:
+        argv += ["--concurrency", str(concurrency)]
+    if burst:
+        argv.append("--burst")
+    return argv
+
+
+def child_env(database_url: str, redis_url: str, redis_cache_url: str) -> dict[str, str]:
+    """The supervisor's environment, pointed at the stores it found (embedded ones included)."""
+    return {
+        **os.environ,
+        "COCOV_DATABASE_URL": database_url,
+        "COCOV_REDIS_URL": redis_url,
+        "COCOV_REDIS_CACHE_URL": redis_cache_url,
+    }

@@ -1,0 +1,125 @@
+"""``cocov-jobs worker --processes N``: children that share the work, are started again when
+they die, stop with the supervisor's signals and die with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import httpx
+from sqlalchemy import text
+
+from cocov_jobs.engine import queue
+from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import CLI, WAIT, cli_env, free_port, until
+from tests.support.helpers import insert, jobs
+
+
+def start(database_url: str, redis_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "worker", "--processes", "2", *args],
+        env=cli_env(
+            COCOV_DATABASE_URL=database_url,
+            COCOV_REDIS_URL=redis_url,
+            COCOV_LOG_FORMAT="json",
+            **env,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def worker_pids(services: Services) -> set[int]:
+    async with services.engine.connect() as conn:
+        rows = await conn.execute(text("SELECT pid FROM cocov_jobs_workers"))
+        return {int(pid) for (pid,) in rows}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_children_share_a_burst_and_the_supervisor_exits_with_them(
+    services: Services, database_url: str, redis_url: str
+) -> None:
+    ids = [
+        await insert(
+            services,
+            "repositories",
+            name=f"r{i}",
+            default_branch="main",
+            token=f"crt_{i}",
+            github_id=i,
+        )
+        for i in range(1, 41)
+    ]
+    async with services.sessions.begin() as session:
+        for repository_id in ids:
+            await queue.enqueue(
+                session, "compute_repository_commits_size", repository_id=repository_id
+            )
+    supervisor = start(database_url, redis_url, "--burst")
+    _, stderr = supervisor.communicate(timeout=WAIT)
+    assert supervisor.returncode == 0, stderr
+    started = [
+        json.loads(line)
+        for line in stderr.splitlines()
+        if line.startswith("{") and json.loads(line).get("event") == "worker started"
+    ]
+    assert len(started) == 2  # two processes, each a worker
+    assert await jobs(services) == []
+
+
+async def test_a_dead_child_is_started_again_and_sigterm_stops_them_all(
+    services: Services, database_url: str, redis_url: str
+) -> None:
+    port = free_port()
+    supervisor = start(database_url, redis_url, COCOV_SIDEKIQ_PROBE_PORT=str(port))
+    try:
+        await until(lambda: _two(services))
+        first = await worker_pids(services)
+        assert supervisor.pid not in first
+        async with httpx.AsyncClient() as client:
+            ready = await client.get(f"http://127.0.0.1:{port}/system/probes/readiness")
+        assert ready.status_code == 200  # the supervisor's one probe server
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: _replaced(services, victim))
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=WAIT) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    # Every child that stopped unregistered; the SIGKILLed one could not (its row goes stale).
+    assert await worker_pids(services) == {victim}
+
+
+async def test_children_die_with_a_killed_supervisor(
+    services: Services, database_url: str, redis_url: str
+) -> None:
+    supervisor = start(database_url, redis_url, COCOV_SIDEKIQ_PROBE_PORT=str(free_port()))
+    try:
+        await until(lambda: _two(services))
+        children = await worker_pids(services)
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(timeout=WAIT)
+        await until(lambda: not any(alive(pid) for pid in children))
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+
+
+async def _two(services: Services) -> bool:
+    return len(await worker_pids(services)) == 2
+
+
+async def _replaced(services: Services, victim: int) -> bool:
+    living = {pid for pid in await worker_pids(services) if alive(pid)}
+    return victim not in living and len(living) == 2
