@@ -1,10 +1,12 @@
 """``GET /metrics`` (Prometheus text format) and the middleware counting HTTP requests.
 
 The scrape refreshes the gauges of :mod:`cocov_jobs.engine.metrics` with one SQL query (and,
-when the Sidekiq intake is configured, its backlog in Sidekiq's Redis), then renders
-the process's :data:`~cocov_jobs.engine.metrics.REGISTRY`. Requests are counted by route *template*
-(``/dashboard/jobs/{job_id}``, not the id), so the label set stays small; unmatched paths
-count as ``<unmatched>``.
+when the Sidekiq intake is configured, its backlog in Sidekiq's Redis), then renders the
+process's :data:`~cocov_jobs.engine.metrics.REGISTRY`. Requests are counted with labels from
+fixed sets only, because clients choose methods and paths and every new label value is kept
+forever: the route *template* (``/dashboard/jobs/{job_id}``, not the id; unmatched paths count
+as ``<unmatched>``), the method if it is one of :data:`METHODS` (else ``other``) and the status
+class (``2xx``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from cocov_jobs.sidekiq import intake
 
 #: Route label of requests no route matched.
 UNMATCHED = "<unmatched>"
+#: Method labels; any other method counts as :data:`OTHER_METHOD`.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 async def scrape(request: Request) -> Response:
@@ -29,7 +34,7 @@ async def scrape(request: Request) -> Response:
 
 
 class RequestCounter:
-    """ASGI middleware: ``cocov_jobs_http_requests_total{route,method,status}``."""
+    """ASGI middleware: ``cocov_jobs_http_requests_total{route,method,status}`` (see above)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,14 +54,23 @@ class RequestCounter:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            metrics.HTTP_REQUESTS.labels(_route(scope), scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
+            metrics.HTTP_REQUESTS.labels(_route(scope), method, f"{status // 100}xx").inc()
 
 
 def _route(scope: Scope) -> str:
+    """The template of the route that served ``scope``; for a method no route takes (405), the
+    first template of the path."""
+    partial = UNMATCHED
     for route in scope["app"].routes if "app" in scope else []:
-        if isinstance(route, Route) and route.matches(scope)[0] == Match.FULL:
+        if not isinstance(route, Route):
+            continue
+        match = route.matches(scope)[0]
+        if match == Match.FULL:
             return route.path
-    return UNMATCHED
+        if match == Match.PARTIAL and partial == UNMATCHED:
+            partial = route.path
+    return partial
 
 
 routes = [Route("/metrics", scrape, methods=["GET"])]
