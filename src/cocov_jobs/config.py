@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # cocov-jobs operational settings
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
+    #: Addresses (comma-separated IPs or networks, ``*`` for any) whose ``X-Forwarded-Proto`` /
+    #: ``X-Forwarded-For`` are believed.
+    web_trusted_proxies: str = "127.0.0.1"
+    #: Mark dashboard cookies ``Secure`` even when the request did not say it came over HTTPS.
+    web_secure_cookies: bool = False
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     #: Worker processes ``cocov-jobs worker`` runs under one supervisor; 0 = one per core.
     worker_processes: int = Field(default=0, ge=0, le=256)

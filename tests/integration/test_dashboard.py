@@ -9,9 +9,11 @@ import httpx
 import pytest
 from tests.support.admin import enqueue, failed_job
 from tests.support.helpers import jobs, service_token
+from tests.support.web import services_at
 
 from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
+from cocov_jobs.testing.servers import serve
 from cocov_jobs.web.app import create_app
 from cocov_jobs.web.dashboard import CSRF_COOKIE, SESSION_COOKIE
 
@@ -105,3 +107,68 @@ async def test_actions_retry_cancel_delete_and_csrf(
     await client.post(f"/dashboard/jobs/{failed}/delete", data={"csrf_token": token_})
     assert await jobs(services) == []
     assert client.cookies.get(CSRF_COOKIE) == token_
+
+
+async def test_pages_forbid_framing(client: httpx.AsyncClient, token: str) -> None:
+    """Clickjacking: no page (login form, pages, redirects) may be shown in a frame."""
+    answers = [await client.get("/dashboard/login"), await client.get("/dashboard")]
+    await login(client, token)
+    answers += [await client.get(path) for path in PAGES]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+def _cookie_flags(answer: httpx.Response) -> dict[str, bool]:
+    """Whether each cookie the answer sets is marked ``Secure``."""
+    return {
+        header.split("=", 1)[0]: "; secure" in header.lower()
+        for header in answer.headers.get_list("set-cookie")
+    }
+
+
+async def _login_cookies(url: str, token: str, **headers: str) -> dict[str, bool]:
+    async with httpx.AsyncClient(base_url=url, headers=headers) as browser:
+        form = await browser.get("/dashboard/login")
+        # httpx keeps Secure cookies from plain-HTTP URLs to itself: send it as a browser
+        # behind the HTTPS proxy would.
+        answer = await browser.post(
+            "/dashboard/login",
+            data={"token": token, "csrf_token": csrf(form)},
+            headers={"Cookie": f"{CSRF_COOKIE}={form.cookies[CSRF_COOKIE]}"},
+        )
+    assert answer.status_code == 303
+    return _cookie_flags(form) | _cookie_flags(answer)
+
+
+async def test_cookies_are_secure_behind_an_https_proxy(
+    services: Services, token: str, redis_url: str
+) -> None:
+    """``X-Forwarded-Proto: https`` from a trusted proxy (loopback by default) marks cookies
+    ``Secure``; the same header from an untrusted address does not."""
+    async with serve(create_app(services)) as url:
+        assert await _login_cookies(url, token, **{"X-Forwarded-Proto": "https"}) == {
+            SESSION_COOKIE: True,
+            CSRF_COOKIE: True,
+        }
+        assert set((await _login_cookies(url, token)).values()) == {False}
+    untrusted = services.settings.model_copy(update={"web_trusted_proxies": "10.9.9.9"})
+    async with (
+        services_at(
+            untrusted, database_url=services.database_url, redis_url=redis_url
+        ) as elsewhere,
+        serve(create_app(elsewhere)) as url,
+    ):
+        forwarded = await _login_cookies(url, token, **{"X-Forwarded-Proto": "https"})
+    assert set(forwarded.values()) == {False}
+
+
+async def test_secure_cookies_setting_marks_cookies_secure_over_http(
+    services: Services, token: str, redis_url: str
+) -> None:
+    secure = services.settings.model_copy(update={"web_secure_cookies": True})
+    async with (
+        services_at(secure, database_url=services.database_url, redis_url=redis_url) as opened,
+        serve(create_app(opened)) as url,
+    ):
+        assert set((await _login_cookies(url, token)).values()) == {True}

@@ -44,7 +44,7 @@ from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
-from cocov_jobs.web.server import Server, make_server
+from cocov_jobs.web.server import Server, make_server, server_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -181,12 +181,10 @@ def web(
         if found.embedded:
             await upgrade(services.engine, found.database_url)
         server = uvicorn.Server(
-            uvicorn.Config(
+            server_config(
                 create_app(services),
                 host=host or settings.web_host,
                 port=port if port is not None else settings.web_port,
-                log_config=None,
-                lifespan="off",
             )
         )
         await server.serve()

@@ -131,11 +131,26 @@ def _render(request: Request, name: str, **context: Any) -> Response:
     return response
 
 
+def _set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None = None
+) -> None:
+    """A dashboard cookie: HTTP only, ``SameSite=Strict``, scoped to :data:`PREFIX`, and
+    ``Secure`` when the request came over HTTPS (or ``COCOV_WEB_SECURE_COOKIES``)."""
+    secure = request.url.scheme == "https" or _services(request).settings.web_secure_cookies
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=PREFIX,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+
+
 def _set_csrf_cookie(request: Request, response: Response) -> None:
     if CSRF_COOKIE not in request.cookies:
-        response.set_cookie(
-            CSRF_COOKIE, _csrf(request), path=PREFIX, httponly=True, samesite="strict"
-        )
+        _set_cookie(request, response, CSRF_COOKIE, _csrf(request))
 
 
 def page(handler: Handler) -> Handler:
@@ -183,14 +198,8 @@ async def login(request: Request) -> Response:
         response.status_code = 401
         return response
     response = RedirectResponse(PREFIX, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        _serializer(request).dumps({"token_id": token_id}),
-        max_age=SESSION_MAX_AGE,
-        path=PREFIX,
-        httponly=True,
-        samesite="strict",
-    )
+    session = _serializer(request).dumps({"token_id": token_id})
+    _set_cookie(request, response, SESSION_COOKIE, session, max_age=SESSION_MAX_AGE)
     return response
 
 
