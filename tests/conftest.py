@@ -10,6 +10,7 @@ and, for what the benchmarks also use, in :mod:`cocov_jobs.testing`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -125,3 +126,13 @@ async def services(
         redis_cache_url=redis_url,
     ) as opened:
         yield opened
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back after a test that configures logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

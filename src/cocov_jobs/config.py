@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     github_oauth_client_id: str = ""
     github_oauth_client_secret: str = ""
     github_webhook_secret_key: str = ""
+    #: Accept webhooks without a signature when no secret is set (else they are refused).
+    github_webhook_allow_unsigned: bool = False
     github_api_url: str = "https://api.github.com"
     github_url: str = "https://github.com"
     #: Read (and write, pool) timeout of GitHub API requests, seconds; connecting has its own.

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.logs import json_log_lines
 from tests.support.web import (
     DATA,
     closed_port,
@@ -23,7 +24,7 @@ from tests.support.web import (
     webhook_settings,
 )
 
-from cocov_jobs import contracts
+from cocov_jobs import contracts, logs
 from cocov_jobs.config import Settings
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.worker import Worker
@@ -120,20 +121,70 @@ async def test_signature_of_another_body_is_refused(client: httpx.AsyncClient) -
     assert response.status_code == 401
 
 
-async def test_signature_is_not_required_without_a_secret(
-    settings: Settings, database_url: str, redis_url: str
+def _warnings(captured: str) -> list[str]:
+    return [line["event"] for line in json_log_lines(captured) if line["level"] == "warning"]
+
+
+async def test_without_a_secret_webhooks_are_refused_with_503_and_a_start_up_warning(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
 ) -> None:
-    unsigned = settings.model_copy(update={"github_webhook_secret_key": ""})
+    """Anyone reaching the port could post ``repository deleted``: no secret, no webhooks."""
+    logs.configure("json", "INFO")
+    no_secret = settings.model_copy(update={"github_webhook_secret_key": ""})
+    async with services_at(no_secret, database_url=database_url, redis_url=redis_url) as services:
+        await fixture_repository(services)
+        async with http_client(services) as client:
+            [warning] = _warnings(capsys.readouterr().err)
+            responses = [
+                await client.post(
+                    "/v1/github/events",
+                    json=payload("repository_deleted"),
+                    headers={"X-GitHub-Event": "repository", "X-GitHub-Delivery": f"u-{n}"},
+                )
+                for n in range(2)
+            ]
+        assert await rows(services, "SELECT * FROM cocov_jobs_webhook_deliveries") == []
+        assert await jobs(services) == []
+    assert "COCOV_GITHUB_WEBHOOK_SECRET_KEY" in warning
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json()["code"] == "webhook.secret_not_configured"
+        assert "COCOV_GITHUB_WEBHOOK_SECRET_KEY" in response.json()["message"]
+    assert _warnings(capsys.readouterr().err) == []
+
+
+async def test_unsigned_webhooks_are_accepted_only_when_opted_in_with_warnings(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    logs.configure("json", "INFO")
+    opted_in = settings.model_copy(
+        update={"github_webhook_secret_key": "", "github_webhook_allow_unsigned": True}
+    )
     async with (
-        services_at(unsigned, database_url=database_url, redis_url=redis_url) as services,
+        services_at(opted_in, database_url=database_url, redis_url=redis_url) as services,
         http_client(services) as client,
     ):
-        response = await client.post(
-            "/v1/github/events",
-            json=payload("ping"),
-            headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": "p-1"},
-        )
-    assert response.status_code == 202
+        [at_start] = _warnings(capsys.readouterr().err)
+        responses = [
+            await client.post(
+                "/v1/github/events",
+                json=payload("ping"),
+                headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": f"p-{n}"},
+            )
+            for n in range(3)
+        ]
+    assert [r.status_code for r in responses] == [202, 202, 202]
+    assert "COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED" in at_start
+    [at_first_request] = _warnings(capsys.readouterr().err)
+    assert "unsigned" in at_first_request
 
 
 @pytest.mark.parametrize(

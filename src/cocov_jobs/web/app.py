@@ -27,6 +27,7 @@ def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     app.router.routes.extend([*metrics.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker
+    webhooks.startup_warning(services.settings)
     return app
 
 

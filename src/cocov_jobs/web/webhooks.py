@@ -2,9 +2,14 @@
 
 Checks, in this order; nothing is written when one fails:
 
+0. ``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` is set — else 503 ``webhook.secret_not_configured``:
+   an unsigned endpoint lets anyone who reaches the port destroy repositories (a ``repository``
+   ``deleted`` event). ``COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED=true`` opts out of the check
+   (Cocov's behaviour), with a warning at start-up (:func:`startup_warning`) and on the first
+   request;
 1. the body is at most :data:`MAX_WEBHOOK_BYTES` (GitHub's largest payload), enforced while
    reading — 413 ``request.too_large``;
-2. when ``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` is set, ``X-Hub-Signature-256`` equals
+2. when a secret is set, ``X-Hub-Signature-256`` equals
    ``sha256=<hex HMAC-SHA256 of the raw body>``, compared in constant time — else 401
    ``webhook.invalid_signature`` (Cocov answered 403);
 3. ``X-GitHub-Event`` and ``X-GitHub-Delivery`` are present (at most
@@ -46,6 +51,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cocov_jobs.config import Settings
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
@@ -80,6 +86,38 @@ class Delivery:
     id: str
     event: str
     payload: dict[str, Any]
+
+
+def startup_warning(settings: Settings) -> None:
+    """Log one warning line when webhooks are refused (no secret) or accepted unsigned."""
+    if settings.github_webhook_secret_key:
+        return
+    if settings.github_webhook_allow_unsigned:
+        log.warning(
+            "COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED is true and no COCOV_GITHUB_WEBHOOK_SECRET_KEY"
+            " is set: anyone who can reach this port can post webhooks"
+        )
+    else:
+        log.warning(
+            "no COCOV_GITHUB_WEBHOOK_SECRET_KEY: /v1/github/events refuses every webhook (503)"
+            " until it is set"
+        )
+
+
+def _require_secret(request: Request, settings: Settings) -> None:
+    """503 without a webhook secret, unless unsigned webhooks are allowed (warned once)."""
+    if settings.github_webhook_secret_key:
+        return
+    if not settings.github_webhook_allow_unsigned:
+        raise ApiError(
+            503,
+            "webhook.secret_not_configured",
+            "Webhooks are refused: COCOV_GITHUB_WEBHOOK_SECRET_KEY is not set",
+        )
+    state = request.app.state
+    if not getattr(state, "warned_unsigned_webhook", False):
+        state.warned_unsigned_webhook = True
+        log.warning("accepting an unsigned webhook (COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED)")
 
 
 def verify_signature(secret: str, body: bytes, signature: str | None) -> None:
@@ -158,6 +196,7 @@ async def _defer(services: Services, delivery: Delivery) -> str:
 
 async def github_events(request: Request) -> Response:
     services: Services = request.app.state.services
+    _require_secret(request, services.settings)
     body = await read_body(request, MAX_WEBHOOK_BYTES)
     verify_signature(
         services.settings.github_webhook_secret_key, body, request.headers.get(SIGNATURE_HEADER)
