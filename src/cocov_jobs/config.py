@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     web_trusted_proxies: str = "127.0.0.1"
     #: Mark dashboard cookies ``Secure`` even when the request did not say it came over HTTPS.
     web_secure_cookies: bool = False
+    #: Seconds a client has to send a request's headers (from connecting or the last answer).
+    web_header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a client has to send a request's whole body.
+    web_body_timeout: float = Field(default=60.0, gt=0)
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     #: Worker processes ``cocov-jobs worker`` runs under one supervisor; 0 = one per core.
     worker_processes: int = Field(default=0, ge=0, le=256)

@@ -172,3 +172,13 @@ async def test_secure_cookies_setting_marks_cookies_secure_over_http(
         serve(create_app(opened)) as url,
     ):
         assert set((await _login_cookies(url, token)).values()) == {True}
+
+
+async def test_an_oversized_login_form_is_refused_unread(client: httpx.AsyncClient) -> None:
+    """The login form comes from anyone: it is read with the same bounds as webhooks."""
+    form = await client.get("/dashboard/login")
+    answer = await client.post(
+        "/dashboard/login", data={"token": "x" * (1024 * 1024), "csrf_token": csrf(form)}
+    )
+    assert answer.status_code == 413
+    assert SESSION_COOKIE not in client.cookies

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 
 from cocov_jobs.services import Services
 from cocov_jobs.web import api, dashboard, metrics, probes, reports, webhooks
+from cocov_jobs.web.body import unauthenticated_body_slots
 from cocov_jobs.web.errors import EXCEPTION_HANDLERS
 from cocov_jobs.web.headers import SecurityHeaders
 
@@ -27,6 +28,7 @@ def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     app.router.routes.extend([*metrics.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker
+    app.state.unauthenticated_bodies = unauthenticated_body_slots()
     webhooks.startup_warning(services.settings)
     return app
 
@@ -37,4 +39,3 @@ def create_probe_app(services: Services) -> Starlette:
     app.state.services = services
     app.state.expect_worker = True
     return app
-

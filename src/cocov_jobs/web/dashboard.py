@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import structlog
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -41,6 +41,7 @@ from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
 from cocov_jobs.web.auth import use_service_token
+from cocov_jobs.web.body import spool_body
 from cocov_jobs.web.chart import runs_chart
 
 log = structlog.get_logger(__name__)
@@ -55,6 +56,8 @@ CSRF_COOKIE = "cocov_dashboard_csrf"
 CSRF_FIELD = "csrf_token"
 #: The dashboard's URL prefix (cookies are scoped to it).
 PREFIX = "/dashboard"
+#: Largest accepted form body (the forms hold a token and a few short fields).
+MAX_FORM_BYTES = 64 * 1024
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -115,10 +118,25 @@ def _csrf(request: Request) -> str:
     )
 
 
+async def _form(request: Request) -> dict[str, str]:
+    """The POSTed form (URL-encoded, at most :data:`MAX_FORM_BYTES`), read once per request.
+
+    Read like any body from a sender not yet known (the login form), with bounded memory
+    (:func:`~cocov_jobs.web.body.spool_body`), not with Starlette's unbounded parser.
+    """
+    cached: dict[str, str] | None = getattr(request.state, "form", None)
+    if cached is None:
+        async with spool_body(request, MAX_FORM_BYTES) as body:
+            text = body.read().decode("utf-8", errors="replace")
+        cached = dict(parse_qsl(text, keep_blank_values=True))
+        request.state.form = cached
+    return cached
+
+
 async def _check_csrf(request: Request) -> None:
     if request.state.bearer:
         return
-    form = await request.form()
+    form = await _form(request)
     expected = request.cookies.get(CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), expected):
         raise HTTPException(403, "CSRF token missing or wrong")
@@ -172,7 +190,7 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
     async def run(request: Request) -> Response:
         await _check_csrf(request)
         notice = await handler(request)
-        back = (await request.form()).get("next") or PREFIX
+        back = (await _form(request)).get("next") or PREFIX
         target = str(back) if str(back).startswith(PREFIX) else PREFIX
         sep = "&" if "?" in target else "?"
         return RedirectResponse(f"{target}{sep}{urlencode({'notice': notice})}", 303)
@@ -191,7 +209,7 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     request.state.bearer = False
     await _check_csrf(request)
-    token = str((await request.form()).get("token", ""))
+    token = (await _form(request)).get("token", "")
     token_id = await _token_id(_services(request), token) if token else None
     if token_id is None:
         response = _render(request, "login.html", error="Unknown service token.")

@@ -8,7 +8,8 @@ Checks, in this order; nothing is written when one fails:
    (Cocov's behaviour), with a warning at start-up (:func:`startup_warning`) and on the first
    request;
 1. the body is at most :data:`MAX_WEBHOOK_BYTES` (GitHub's largest payload), enforced while
-   reading — 413 ``request.too_large``;
+   reading — 413 ``request.too_large``; it arrives within the body deadline — 408; it is
+   spooled with bounded memory and hashed as it arrives (:func:`~cocov_jobs.web.body.spool_body`);
 2. when a secret is set, ``X-Hub-Signature-256`` equals
    ``sha256=<hex HMAC-SHA256 of the raw body>``, compared in constant time — else 401
    ``webhook.invalid_signature`` (Cocov answered 403);
@@ -55,7 +56,7 @@ from cocov_jobs.config import Settings
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
-from cocov_jobs.web.body import MIB, parse_json_object, read_body
+from cocov_jobs.web.body import MIB, parse_json_object, spool_body
 from cocov_jobs.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
@@ -120,11 +121,11 @@ def _require_secret(request: Request, settings: Settings) -> None:
         log.warning("accepting an unsigned webhook (COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED)")
 
 
-def verify_signature(secret: str, body: bytes, signature: str | None) -> None:
-    """401 unless ``signature`` is the body's HMAC-SHA256 with ``secret`` (skipped when blank)."""
-    if not secret:
+def verify_signature(mac: hmac.HMAC | None, signature: str | None) -> None:
+    """401 unless ``signature`` is ``mac``'s digest of the body (skipped without a secret)."""
+    if mac is None:
         return
-    expected = SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    expected = SIGNATURE_PREFIX + mac.hexdigest()
     # Starlette decodes header values as latin-1: encoding back is lossless.
     given = (signature or "").strip().encode("latin-1")
     if not hmac.compare_digest(expected.encode(), given):
@@ -197,13 +198,13 @@ async def _defer(services: Services, delivery: Delivery) -> str:
 async def github_events(request: Request) -> Response:
     services: Services = request.app.state.services
     _require_secret(request, services.settings)
-    body = await read_body(request, MAX_WEBHOOK_BYTES)
-    verify_signature(
-        services.settings.github_webhook_secret_key, body, request.headers.get(SIGNATURE_HEADER)
-    )
-    event = _header(request, EVENT_HEADER, "webhook.missing_event")
-    delivery_id = _header(request, DELIVERY_HEADER, "webhook.missing_delivery")
-    delivery = Delivery(delivery_id, event, parse_json_object(body))
+    secret = services.settings.github_webhook_secret_key
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha256) if secret else None
+    async with spool_body(request, MAX_WEBHOOK_BYTES, observers=(mac,) if mac else ()) as body:
+        verify_signature(mac, request.headers.get(SIGNATURE_HEADER))
+        event = _header(request, EVENT_HEADER, "webhook.missing_event")
+        delivery_id = _header(request, DELIVERY_HEADER, "webhook.missing_delivery")
+        delivery = Delivery(delivery_id, event, parse_json_object(body.read()))
     outcome = await _apply(services, delivery)
     return JSONResponse(
         {"delivery_id": delivery_id, "outcome": outcome},
