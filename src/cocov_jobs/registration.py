@@ -47,13 +47,26 @@ _UPSERT_COMMIT = text(
     """
 )
 
+#: Moves the head unless ``:expected`` (a push's ``before``) is given and the branch's head is
+#: another commit; returns a row only when the head is (now) the commit.
 _MOVE_HEAD = text(
     """
     INSERT INTO branches (repository_id, name, head_id, created_at, updated_at)
     VALUES (:repository_id, :name, :head_id, timezone('utc', now()), timezone('utc', now()))
     ON CONFLICT (repository_id, name)
     DO UPDATE SET head_id = EXCLUDED.head_id, updated_at = EXCLUDED.updated_at
+    WHERE CAST(:expected AS text) IS NULL
+       OR branches.head_id IS NULL
+       OR branches.head_id = EXCLUDED.head_id
+       OR branches.head_id = (SELECT id FROM commits
+                              WHERE repository_id = :repository_id AND sha = :expected)
+    RETURNING head_id
     """
+)
+
+_HEAD_SHA = text(
+    "SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id"
+    " WHERE b.repository_id = :repository_id AND b.name = :name"
 )
 
 _RESET_COVERAGE = text(
@@ -86,6 +99,8 @@ class Registration:
     created: bool
     process_commit_job: int | None
     coverage_upload_id: int | None
+    #: The branch's head when it was not moved to this commit (see ``expected_head``).
+    kept_head: str | None = None
     _claimed: list[tuple[str, bytes | str]] = field(default_factory=list, repr=False)
 
     async def after_commit(self, redis: aioredis.Redis) -> None:
@@ -176,8 +191,14 @@ async def register_head_commit(
     message: str,
     author_name: str,
     author_email: str,
+    expected_head: str | None = None,
 ) -> Registration:
-    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work."""
+    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work.
+
+    With ``expected_head`` (a push's ``before``) the head moves only from that commit, or when
+    the branch has no head yet: a replayed or late push never moves a head backwards. The
+    commit is registered either way; ``kept_head`` then names the head left in place.
+    """
     await lock_commit(session, repository_id, sha)
     row = (
         await session.execute(
@@ -194,10 +215,13 @@ async def register_head_commit(
     ).one()
     commit_id, created = int(row.id), bool(row.inserted)
     processed = row.clone_status == CloneStatus.completed and row.checked
-    await session.execute(
-        _MOVE_HEAD, {"repository_id": repository_id, "name": branch, "head_id": commit_id}
+    branch_key = {"repository_id": repository_id, "name": branch}
+    moved = await session.scalar(
+        _MOVE_HEAD, {**branch_key, "head_id": commit_id, "expected": expected_head}
     )
     registration = Registration(commit_id, created, None, None)
+    if moved is None:
+        registration.kept_head = str(await session.scalar(_HEAD_SHA, branch_key))
     key = contracts.deferred_coverage_key(repository_id, sha)
     pending = await redis.get(key)
     if pending is not None:

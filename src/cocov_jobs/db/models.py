@@ -552,4 +552,11 @@ class WebhookDelivery(OwnBase):
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
-    __table_args__ = (Index("cocov_jobs_webhook_deliveries_received_at", "received_at"),)
+    #: Hex SHA-256 of the signed body: a replay under a new delivery id is a duplicate too.
+    body_digest: Mapped[str | None] = mapped_column(String)
+    #: What the delivery did not apply, and why (a push whose ``before`` is not the head).
+    note: Mapped[str | None] = mapped_column(String)
+    __table_args__ = (
+        Index("cocov_jobs_webhook_deliveries_received_at", "received_at"),
+        Index("cocov_jobs_webhook_deliveries_body_digest", "body_digest", unique=True),
+    )

@@ -19,13 +19,15 @@ Checks, in this order; nothing is written when one fails:
 4. the body is a JSON object — else 400 ``request.invalid_json`` / ``request.not_an_object``.
 
 Then, in **one** transaction, the delivery is recorded in ``cocov_jobs_webhook_deliveries``
-(``INSERT … ON CONFLICT DO NOTHING`` on the delivery id) and, when it is new, every rule of the
-handler table (:mod:`~cocov_jobs.github_events`) is applied. The answer is sent after the
-commit:
+(``INSERT … ON CONFLICT DO NOTHING`` on the delivery id and on the SHA-256 of the body) and,
+when it is new, every rule of the handler table (:mod:`~cocov_jobs.github_events`) is
+applied. The answer is sent after the commit:
 
 * 202 ``{"outcome": "applied"}`` — recorded, effects written and jobs enqueued;
-* 200 ``{"outcome": "duplicate"}`` — the id was already recorded; nothing changes. A concurrent
-  copy waits on the first one's uncommitted row, so exactly one copy applies;
+* 200 ``{"outcome": "duplicate"}`` — the id, or the same body, was already recorded (the
+  signature does not cover the delivery id: a replayed body under a new id is a duplicate
+  too); nothing changes. A concurrent copy waits on the first one's uncommitted row, so
+  exactly one copy applies;
 * 422 ``webhook.malformed_payload`` — the payload lacks what a handler must write; nothing
   written.
 
@@ -75,10 +77,11 @@ APPLIED = "applied"
 DUPLICATE = "duplicate"
 DEFERRED = "deferred"
 
+#: Conflicts on the delivery id (a redelivery) or the body digest (a replay) skip the insert.
 _RECORD_DELIVERY = text(
-    "INSERT INTO cocov_jobs_webhook_deliveries (delivery_id, event, action)"
-    " VALUES (:delivery_id, :event, :action)"
-    " ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id"
+    "INSERT INTO cocov_jobs_webhook_deliveries (delivery_id, event, action, body_digest)"
+    " VALUES (:delivery_id, :event, :action, :body_digest)"
+    " ON CONFLICT DO NOTHING RETURNING delivery_id"
 )
 
 
@@ -87,6 +90,8 @@ class Delivery:
     id: str
     event: str
     payload: dict[str, Any]
+    #: Hex SHA-256 of the raw body.
+    digest: str
 
 
 def startup_warning(settings: Settings) -> None:
@@ -142,13 +147,14 @@ def _header(request: Request, name: str, code: str) -> str:
 
 
 async def _record(session: AsyncSession, delivery: Delivery) -> bool:
-    """Record the delivery; False when its id was already recorded."""
+    """Record the delivery; False when its id or its body was already recorded."""
     recorded = await session.scalar(
         _RECORD_DELIVERY,
         {
             "delivery_id": delivery.id,
             "event": delivery.event,
             "action": event_action(delivery.payload),
+            "body_digest": delivery.digest,
         },
     )
     return recorded is not None
@@ -159,7 +165,9 @@ async def _apply(services: Services, delivery: Delivery) -> str:
         async with services.sessions.begin() as session:
             if not await _record(session, delivery):
                 return DUPLICATE
-            effects = await apply_event(session, services.redis, delivery.event, delivery.payload)
+            effects = await apply_event(
+                session, services.redis, delivery.event, delivery.payload, delivery.id
+            )
     except MalformedPayload as exc:
         raise ApiError(422, "webhook.malformed_payload", str(exc)) from None
     except Exception:
@@ -200,11 +208,14 @@ async def github_events(request: Request) -> Response:
     _require_secret(request, services.settings)
     secret = services.settings.github_webhook_secret_key
     mac = hmac.new(secret.encode(), digestmod=hashlib.sha256) if secret else None
-    async with spool_body(request, MAX_WEBHOOK_BYTES, observers=(mac,) if mac else ()) as body:
+    digest = hashlib.sha256()
+    observers = (digest, mac) if mac else (digest,)
+    async with spool_body(request, MAX_WEBHOOK_BYTES, observers=observers) as body:
         verify_signature(mac, request.headers.get(SIGNATURE_HEADER))
         event = _header(request, EVENT_HEADER, "webhook.missing_event")
         delivery_id = _header(request, DELIVERY_HEADER, "webhook.missing_delivery")
-        delivery = Delivery(delivery_id, event, parse_json_object(body.read()))
+        payload = parse_json_object(body.read())
+    delivery = Delivery(delivery_id, event, payload, digest.hexdigest())
     outcome = await _apply(services, delivery)
     return JSONResponse(
         {"delivery_id": delivery_id, "outcome": outcome},
