@@ -6,12 +6,10 @@ Authentication
 
 Every page and action needs a service token (the service API's, ``service_tokens``): either
 ``Authorization: bearer <token>`` on each request, or the login form, which exchanges a token for
-a signed session cookie valid :data:`SESSION_MAX_AGE` seconds. Sessions are signed with
-``COCOV_SECRET_KEY_BASE``, else ``COCOV_CRYPTOGRAPHIC_KEY``, else a random per-process secret
-(logged as a warning: sessions then end with the process).
-
-Every POST form carries a CSRF token that must equal the ``SameSite=Strict`` CSRF cookie
-(double submit); requests authenticated by the bearer header need none (no ambient credential).
+a server-side session (:mod:`~cocov_jobs.web.sessions`: revocable, checked against a live
+token, ended by logging out). Each POST form carries the session's CSRF token; the login form
+(no session yet) carries one that must equal the ``SameSite=Strict`` CSRF cookie (double
+submit). Requests authenticated by the bearer header need none (no ambient credential).
 
 Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers, the
 Sidekiq intake's backlog when one is configured),
@@ -28,57 +26,39 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-import structlog
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from cocov_jobs.config import Settings
 from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
 from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.body import spool_body
 from cocov_jobs.web.chart import runs_chart
+from cocov_jobs.web.sessions import (
+    COOKIE_PATH,
+    Session,
+    close_session,
+    current_session,
+    open_session,
+    set_cookie,
+)
 
-log = structlog.get_logger(__name__)
-
-#: Seconds a login session lasts.
-SESSION_MAX_AGE = 8 * 3600
-#: Cookie holding the signed session.
-SESSION_COOKIE = "cocov_dashboard_session"
 #: Cookie holding the CSRF token every form repeats.
 CSRF_COOKIE = "cocov_dashboard_csrf"
 #: Name of the CSRF form field.
 CSRF_FIELD = "csrf_token"
 #: The dashboard's URL prefix (cookies are scoped to it).
-PREFIX = "/dashboard"
+PREFIX = COOKIE_PATH
 #: Largest accepted form body (the forms hold a token and a few short fields).
 MAX_FORM_BYTES = 64 * 1024
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _secret(settings: Settings) -> str:
-    secret = settings.secret_key_base or settings.cryptographic_key
-    if secret:
-        return secret
-    log.warning("no COCOV_SECRET_KEY_BASE: dashboard sessions end with this process")
-    return secrets.token_hex(32)
-
-
-def _serializer(request: Request) -> URLSafeTimedSerializer:
-    state = request.app.state
-    if getattr(state, "dashboard_serializer", None) is None:
-        secret = _secret(state.services.settings)
-        state.dashboard_serializer = URLSafeTimedSerializer(secret, salt="cocov-dashboard")
-    serializer: URLSafeTimedSerializer = state.dashboard_serializer
-    return serializer
 
 
 def _services(request: Request) -> Services:
@@ -99,23 +79,33 @@ def _bearer(request: Request) -> str | None:
 
 
 async def _authenticated(request: Request) -> bool:
-    """True for a valid session cookie; sets ``state.bearer`` for a valid bearer header."""
+    """True for a live session (``state.session``) or a valid bearer header (``state.bearer``)."""
     request.state.bearer = False
+    request.state.session = None
     token = _bearer(request)
     if token is not None:
         request.state.bearer = await _token_id(_services(request), token) is not None
         return bool(request.state.bearer)
-    try:
-        _serializer(request).loads(request.cookies.get(SESSION_COOKIE, ""), max_age=SESSION_MAX_AGE)
-    except BadSignature:
-        return False
-    return True
+    request.state.session = await current_session(request)
+    return request.state.session is not None
 
 
-def _csrf(request: Request) -> str:
+def _session(request: Request) -> Session | None:
+    session: Session | None = getattr(request.state, "session", None)
+    return session
+
+
+def _login_csrf(request: Request) -> str:
+    """The CSRF token of the login form: the CSRF cookie's, or a new one (then set)."""
     return request.cookies.get(CSRF_COOKIE) or request.state.__dict__.setdefault(
         "new_csrf", secrets.token_urlsafe(32)
     )
+
+
+def _csrf(request: Request) -> str:
+    """The token forms must repeat: the session's, or the login form's."""
+    session = _session(request)
+    return session.csrf if session is not None else _login_csrf(request)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -137,7 +127,8 @@ async def _check_csrf(request: Request) -> None:
     if request.state.bearer:
         return
     form = await _form(request)
-    expected = request.cookies.get(CSRF_COOKIE, "")
+    session = _session(request)
+    expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), expected):
         raise HTTPException(403, "CSRF token missing or wrong")
 
@@ -149,26 +140,9 @@ def _render(request: Request, name: str, **context: Any) -> Response:
     return response
 
 
-def _set_cookie(
-    request: Request, response: Response, name: str, value: str, max_age: int | None = None
-) -> None:
-    """A dashboard cookie: HTTP only, ``SameSite=Strict``, scoped to :data:`PREFIX`, and
-    ``Secure`` when the request came over HTTPS (or ``COCOV_WEB_SECURE_COOKIES``)."""
-    secure = request.url.scheme == "https" or _services(request).settings.web_secure_cookies
-    response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        path=PREFIX,
-        httponly=True,
-        samesite="strict",
-        secure=secure,
-    )
-
-
 def _set_csrf_cookie(request: Request, response: Response) -> None:
-    if CSRF_COOKIE not in request.cookies:
-        _set_cookie(request, response, CSRF_COOKIE, _csrf(request))
+    if _session(request) is None and CSRF_COOKIE not in request.cookies:
+        set_cookie(request, response, CSRF_COOKIE, _login_csrf(request))
 
 
 def page(handler: Handler) -> Handler:
@@ -208,6 +182,7 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     request.state.bearer = False
+    request.state.session = None
     await _check_csrf(request)
     token = (await _form(request)).get("token", "")
     token_id = await _token_id(_services(request), token) if token else None
@@ -216,15 +191,16 @@ async def login(request: Request) -> Response:
         response.status_code = 401
         return response
     response = RedirectResponse(PREFIX, status_code=303)
-    session = _serializer(request).dumps({"token_id": token_id})
-    _set_cookie(request, response, SESSION_COOKIE, session, max_age=SESSION_MAX_AGE)
+    await open_session(request, response, token_id=token_id)
     return response
 
 
 async def logout(request: Request) -> Response:
     await _check_csrf(request)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    session = _session(request)
+    if session is not None:
+        await close_session(request, response, session)
     return response
 
 
