@@ -110,8 +110,8 @@ class Registration:
         self._claimed.clear()
 
 
-def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
-    """The held upload, or None (logged, then discarded) when it cannot be read.
+def _pending_coverage(key: str, pending: bytes | str) -> str | None:
+    """The held upload as JSON text, or None (logged, then discarded) when it cannot be read.
 
     We hold JSON. Cocov's API held the reporter's ``data`` as Ruby ``Hash#inspect`` text
     (``{"a.rb"=>"eJw="}``: its Redis client stringifies the parameters object), which Cocov's
@@ -120,11 +120,15 @@ def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
     left by a Cocov installation must not block the push that finds it.
     """
     try:
-        data = json.loads(pending)
-    except ValueError:
-        data = _ruby_inspected_upload(pending)
+        text_ = pending.decode() if isinstance(pending, bytes) else pending
+        data = json.loads(text_)
+    except ValueError:  # UnicodeDecodeError included
+        inspected = _ruby_inspected_upload(pending)
+        if inspected is not None:
+            return canonical_coverage(inspected)
+        data = None
     if isinstance(data, dict):
-        return data
+        return text_
     log.warning("discarding deferred coverage that is neither JSON nor Ruby hash text", key=key)
     return None
 
@@ -157,11 +161,10 @@ async def queue_coverage(
     repository_id: int,
     commit_id: int,
     sha: str,
-    data: dict[str, Any],
+    coverage: str,
 ) -> QueuedCoverage:
-    """Store an upload for a known commit, mark its coverage ``queued``, enqueue processing.
-
-    Runs in the caller's transaction.
+    """Store an upload (``coverage``: the JSON of its ``data`` map) for a known commit, mark its
+    coverage ``queued``, enqueue processing. Runs in the caller's transaction.
     """
     upload_id = (
         await session.execute(
@@ -169,7 +172,7 @@ async def queue_coverage(
                 "INSERT INTO cocov_jobs_coverage_uploads (repository_id, sha, data)"
                 " VALUES (:r, :s, CAST(:d AS jsonb)) RETURNING id"
             ),
-            {"r": repository_id, "s": sha, "d": json.dumps(data)},
+            {"r": repository_id, "s": sha, "d": coverage},
         )
     ).scalar_one()
     await session.execute(
@@ -225,10 +228,14 @@ async def register_head_commit(
     key = contracts.deferred_coverage_key(repository_id, sha)
     pending = await redis.get(key)
     if pending is not None:
-        data = _pending_coverage(key, pending)
-        if data is not None:
+        coverage = _pending_coverage(key, pending)
+        if coverage is not None:
             queued = await queue_coverage(
-                session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
+                session,
+                repository_id=repository_id,
+                commit_id=commit_id,
+                sha=sha,
+                coverage=coverage,
             )
             registration.coverage_upload_id = queued.upload_id
         registration._claimed.append((key, pending))

@@ -34,6 +34,10 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
 
+    def __reduce__(self) -> tuple[type[ApiError], tuple[int, str, str, dict[str, str] | None]]:
+        """Picklable (raised in report parser processes)."""
+        return ApiError, (self.status, self.code, self.message, self.headers)
+
 
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
