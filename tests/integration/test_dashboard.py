@@ -291,3 +291,18 @@ async def test_a_user_session_lasts_while_the_user_is_an_admin(
         async with services.sessions.begin() as session:
             await session.execute(text("UPDATE users SET admin = false"))
         assert not await signed_in(boss)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/state/queued?before=abc",
+        "/dashboard/state/failed?before=99999999999999999999999",
+        "/dashboard/state/queued?job=make-coffee",
+        "/dashboard/jobs/99999999999999999999999",
+    ],
+)
+async def test_bad_query_values_are_4xx(client: httpx.AsyncClient, token: str, path: str) -> None:
+    await login(client, token)
+    answer = await client.get(path)
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:300])

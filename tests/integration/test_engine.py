@@ -158,6 +158,18 @@ def test_arguments_are_validated() -> None:
         definition.validate_positional(["x"])
     with pytest.raises(JobArgumentsError):
         definition.validate_positional([])
+    with pytest.raises(JobArgumentsError):
+        definition.validate_positional([str(2**63)])
+
+
+@pytest.mark.parametrize("value", [True, "2", 2.0, 2**63, -(2**63) - 1])
+def test_arguments_are_strictly_typed_and_fit_postgresql(value: object) -> None:
+    """``true`` is not user 1, ``"2"`` is not 2, and an id PostgreSQL cannot hold is refused
+    at enqueue (not in the worker)."""
+    definition = product_jobs.registry().resolve("update-user-permissions")
+    assert definition.validate({"user_id": 2}) == {"user_id": 2}
+    with pytest.raises(JobArgumentsError):
+        definition.validate({"user_id": value})
 
 
 RUNNING: list[int] = []

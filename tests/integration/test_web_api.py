@@ -186,8 +186,23 @@ async def test_unknown_job_is_404(client: httpx.AsyncClient) -> None:
         b'{"repository_id": "seven"}',
         b'{"repository_id": 7, "extra": 1}',
         b"[7]",
+        b'{"repository_id": true}',
+        b'{"repository_id": "7"}',
+        b'{"repository_id": 7.0}',
+        b'{"repository_id": 1180591620717411303424}',
+        b'{"repository_id": -9223372036854775809}',
     ],
-    ids=["missing", "wrong-type", "unknown-argument", "not-an-object"],
+    ids=[
+        "missing",
+        "wrong-type",
+        "unknown-argument",
+        "not-an-object",
+        "bool-for-int",
+        "string-for-int",
+        "float-for-int",
+        "beyond-bigint",
+        "below-bigint",
+    ],
 )
 async def test_bad_arguments_are_422_or_400(
     services: Services, client: httpx.AsyncClient, body: bytes
@@ -293,3 +308,26 @@ async def test_job_state_after_a_permanent_failure(
 async def test_unknown_job_id_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/jobs/123456")
     assert (response.status_code, response.json()["code"]) == (404, "jobs.not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/jobs/99999999999999999999999", None, 404),
+        ("GET", "/v1/jobs/9223372036854775808", None, 404),
+        ("POST", "/v1/events/user-logged-in", {"user_id": 2**70}, 422),
+        ("POST", "/v1/events/user-logged-in", {"user_id": True}, 422),
+        ("POST", "/v1/events/user-emails-updated", {"user_id": "2"}, 422),
+    ],
+)
+async def test_out_of_range_or_mistyped_inputs_are_4xx_not_500(
+    services: Services,
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+) -> None:
+    response = await client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert await jobs(services) == []

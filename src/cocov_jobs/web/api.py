@@ -28,7 +28,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.engine import admin, queue
-from cocov_jobs.engine.registry import JobArgumentsError, JobDefinition, UnknownJobError
+from cocov_jobs.engine.registry import (
+    JobArgumentsError,
+    JobDefinition,
+    UnknownJobError,
+    fits_bigint,
+)
 from cocov_jobs.services import Services
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
@@ -115,7 +120,7 @@ async def show_job(request: Request) -> Response:
     services: Services = request.app.state.services
     await _authenticate(services, request)
     job_id: int = request.path_params["job_id"]
-    detail = await admin.show_job(services, job_id)
+    detail = await admin.show_job(services, job_id) if fits_bigint(job_id) else None
     if detail is None:
         raise ApiError(404, "jobs.not_found", f"No job with id {job_id}")
     if detail.row is not None:

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from cocov_jobs.engine import admin
+from cocov_jobs.engine.registry import fits_bigint
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
 from cocov_jobs.web.auth import use_service_token
@@ -226,18 +227,31 @@ async def job_list(request: Request) -> Response:
     state = request.path_params["state"]
     if state not in admin.STATES:
         raise HTTPException(404, f"no state {state}")
-    before = request.query_params.get("before")
+    services = _services(request)
+    before = request.query_params.get("before") or None
+    if before is not None and not (before.isdigit() and fits_bigint(int(before))):
+        raise HTTPException(400, "before must be a job id")
     job = request.query_params.get("job") or None
+    if job is not None and job not in services.registry:
+        raise HTTPException(400, f"no job {job}")
     rows = await admin.list_jobs(
-        _services(request), state=state, job=job, before=int(before) if before else None
+        services, state=state, job=job, before=int(before) if before else None
     )
     more = len(rows) == admin.PAGE_SIZE
     return _render(request, "jobs.html", rows=rows, state=state, job=job, more=more, page=state)
 
 
+def _job_id(request: Request) -> int:
+    """The ``job_id`` of the path; 404 when no job can have it (beyond ``bigint``)."""
+    job_id: int = request.path_params["job_id"]
+    if not fits_bigint(job_id):
+        raise HTTPException(404, "no such job")
+    return job_id
+
+
 @page
 async def job_detail(request: Request) -> Response:
-    detail = await admin.show_job(_services(request), request.path_params["job_id"])
+    detail = await admin.show_job(_services(request), _job_id(request))
     if detail is None:
         raise HTTPException(404, "no such job")
     return _render(request, "job.html", detail=detail, page="job")
@@ -262,7 +276,7 @@ def _job_action(
     verb: str, call: Callable[[Services, int], Awaitable[bool]]
 ) -> Callable[[Request], Awaitable[str]]:
     async def handler(request: Request) -> str:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         done = await call(_services(request), job_id)
         return f"job {job_id} {verb}" if done else f"job {job_id} could not be {verb}"
 
@@ -275,6 +289,8 @@ async def _retry_all(request: Request) -> str:
 
 async def _run_now(request: Request) -> str:
     entrypoint = request.path_params["entrypoint"]
+    if entrypoint not in _services(request).registry:
+        raise HTTPException(404, f"no job {entrypoint}")
     job_id = await admin.run_now(_services(request), entrypoint)
     return f"{entrypoint} enqueued as job {job_id}" if job_id else f"{entrypoint} already queued"
 
