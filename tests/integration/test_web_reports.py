@@ -215,6 +215,9 @@ async def test_upload_for_a_known_commit_is_queued(
         ("process_coverage", {"repository_id": repo, "sha": PUSH_SHA, "upload_id": upload["id"]})
     ]
     async with services.engine.connect() as conn:
+        origin = await conn.scalar(text("SELECT enqueued_by FROM cocov_jobs_job_origins"))
+    assert origin == f"repository:{repo}"
+    async with services.engine.connect() as conn:
         status = await conn.scalar(
             text("SELECT status FROM coverage_infos WHERE commit_id = :c"), {"c": commit}
         )

@@ -91,6 +91,9 @@ async def test_signed_push_is_applied(services: Services, client: httpx.AsyncCli
     assert await rows(
         services, "SELECT delivery_id, event, action FROM cocov_jobs_webhook_deliveries"
     ) == [{"delivery_id": "d-1", "event": "push", "action": None}]
+    assert await rows(services, "SELECT enqueued_by FROM cocov_jobs_job_origins") == [
+        {"enqueued_by": "webhook:d-1"}
+    ]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from cocov_jobs.db.session import DEFAULT_POOL_SIZE, asyncpg_dsn
 from cocov_jobs.embedded import Stores
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.queue import enqueue as enqueue_job
+from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import JobArgumentsError, UnknownJobError
 from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.engine.worker import Worker
@@ -57,6 +58,8 @@ app.add_typer(sidekiq_app, name="sidekiq")
 #: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
 #: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
 BURST_HORIZON = 5.0
+#: What jobs enqueued from the command line are recorded as enqueued by.
+CLI_ORIGIN = "cli"
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ def enqueue(
     settings = load()
 
     async def body(services: Services, found: Stores) -> int | None:
-        async with services.sessions.begin() as session:
+        async with services.sessions.begin() as session, enqueued_by(CLI_ORIGIN):
             return await enqueue_job(session, definition.name, **values)
 
     job_id = run_async(settings, body)
@@ -249,7 +252,7 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
     settings = load()
 
     async def body(services: Services, found: Stores) -> StoredUpload:
-        async with services.sessions.begin() as session:
+        async with services.sessions.begin() as session, enqueued_by(CLI_ORIGIN):
             return await store_upload_from_file(
                 session, services.redis, repository_id=repository_id, sha=sha, path=path
             )
@@ -315,6 +318,7 @@ def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
         console.print(f"state {r.state}, attempts {r.attempts}, due {r.execute_after:%c}")
     else:
         console.print(f"[bold]job {job_id}[/bold] finished (history only)")
+    console.print(f"enqueued by {detail.enqueued_by or 'unknown'}", markup=False)
     table = Table("at", "status", "error")
     for h in detail.history:
         tb = h["traceback"] or {}

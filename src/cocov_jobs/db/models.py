@@ -597,3 +597,15 @@ class SecretKey(OwnBase):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class JobOrigin(OwnBase):
+    """What enqueued a job (``token:12``, ``webhook:<delivery>``, ``job:<id>``, ``schedule``…)."""
+
+    __tablename__ = "cocov_jobs_job_origins"
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    enqueued_by: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (Index("cocov_jobs_job_origins_created_at", "created_at"),)

@@ -72,6 +72,9 @@ class JobDefinition:
     dedupe: str | None
     every: Period | None
     description: str
+    #: Enqueued only by cocov-jobs itself (follow-ups, webhooks, maintenance): the service
+    #: API refuses it.
+    internal: bool = False
 
     @property
     def cli_name(self) -> str:
@@ -121,12 +124,17 @@ class JobDefinition:
 
 
 def job(
-    *, lock: str | None = None, dedupe: str | None = None, every: Period | None = None
+    *,
+    lock: str | None = None,
+    dedupe: str | None = None,
+    every: Period | None = None,
+    internal: bool = False,
 ) -> Callable[[JobFunc], JobFunc]:
     """Mark ``async def name(ctx: JobContext, **args)`` as the job ``name``.
 
     ``lock`` and ``dedupe`` are ``str.format`` templates over the arguments, e.g.
-    ``lock="repository:{repository_id}"``; ``every`` makes a job without arguments periodic.
+    ``lock="repository:{repository_id}"``; ``every`` makes a job without arguments periodic;
+    ``internal`` keeps it out of the service API (only cocov-jobs enqueues it).
     """
 
     def mark(func: JobFunc) -> JobFunc:
@@ -147,6 +155,7 @@ def job(
             dedupe=dedupe,
             every=every,
             description=(inspect.getdoc(func) or "").split("\n", 1)[0],
+            internal=internal,
         )
         setattr(func, _DEFINITION, definition)
         return func

@@ -16,7 +16,7 @@ from cocov_jobs.engine.registry import job
 from cocov_jobs.github_events import apply_event
 
 
-@job()
+@job(internal=True)
 async def process_webhook(
     ctx: JobContext, delivery_id: str, event: str, payload: dict[str, Any]
 ) -> None:

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from cocov_jobs.engine import admin
+from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import fits_bigint
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
@@ -80,13 +81,14 @@ def _bearer(request: Request) -> str | None:
 
 
 async def _authenticated(request: Request) -> bool:
-    """True for a live session (``state.session``) or a valid bearer header (``state.bearer``)."""
-    request.state.bearer = False
+    """True for a live session (``state.session``) or a valid bearer header (``state.bearer``,
+    the token's id)."""
+    request.state.bearer = None
     request.state.session = None
     token = _bearer(request)
     if token is not None:
-        request.state.bearer = await _token_id(_services(request), token) is not None
-        return bool(request.state.bearer)
+        request.state.bearer = await _token_id(_services(request), token)
+        return request.state.bearer is not None
     request.state.session = await current_session(request)
     return request.state.session is not None
 
@@ -125,7 +127,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 
 async def _check_csrf(request: Request) -> None:
-    if request.state.bearer:
+    if request.state.bearer is not None:
         return
     form = await _form(request)
     session = _session(request)
@@ -177,12 +179,12 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
 
 
 async def login_form(request: Request) -> Response:
-    request.state.bearer = False
+    request.state.bearer = None
     return _render(request, "login.html", error=None)
 
 
 async def login(request: Request) -> Response:
-    request.state.bearer = False
+    request.state.bearer = None
     request.state.session = None
     await _check_csrf(request)
     token = (await _form(request)).get("token", "")
@@ -287,11 +289,20 @@ async def _retry_all(request: Request) -> str:
     return f"{await admin.retry_all_failed(_services(request))} failed job(s) queued again"
 
 
+def _origin(request: Request) -> str:
+    """Who acts: ``token:<id>`` (bearer or login), or ``user:<id>`` (a Cocov user's session)."""
+    session = _session(request)
+    if session is None:
+        return f"token:{request.state.bearer}"
+    return f"user:{session.user_id}" if session.user_id is not None else f"token:{session.token_id}"
+
+
 async def _run_now(request: Request) -> str:
     entrypoint = request.path_params["entrypoint"]
     if entrypoint not in _services(request).registry:
         raise HTTPException(404, f"no job {entrypoint}")
-    job_id = await admin.run_now(_services(request), entrypoint)
+    with enqueued_by(_origin(request)):
+        job_id = await admin.run_now(_services(request), entrypoint)
     return f"{entrypoint} enqueued as job {job_id}" if job_id else f"{entrypoint} already queued"
 
 

@@ -48,6 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.gitstore.layout import check_sha
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
@@ -128,7 +129,10 @@ async def post_report(request: Request) -> Response:
         repository_id = await auth.upload_repository(session, request)
     sha, coverage = await parse_off_loop(await read_body(request, MAX_REPORT_BYTES))
     try:
-        async with services.sessions.begin() as session:
+        async with (
+            services.sessions.begin() as session,
+            enqueued_by(f"repository:{repository_id}"),
+        ):
             await store_upload(
                 session, services.redis, repository_id=repository_id, sha=sha, coverage=coverage
             )

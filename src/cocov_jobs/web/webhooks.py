@@ -161,6 +161,11 @@ async def _record(session: AsyncSession, delivery: Delivery) -> bool:
 
 
 async def _apply(services: Services, delivery: Delivery) -> str:
+    with queue.enqueued_by(f"webhook:{delivery.id}"):
+        return await _apply_or_defer(services, delivery)
+
+
+async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
     try:
         async with services.sessions.begin() as session:
             if not await _record(session, delivery):
