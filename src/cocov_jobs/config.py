@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,12 +31,44 @@ class SettingsError(Exception):
     """A configuration value is wrong; the message names the variable."""
 
 
+#: Settings whose whole value is secret (URL settings: only their password, see
+#: :meth:`Settings.secret_values`).
+SECRET_FIELDS = (
+    "github_app_private_key",
+    "github_oauth_client_secret",
+    "github_webhook_secret_key",
+    "cryptographic_key",
+    "secret_key_base",
+    "database_password",
+)
+#: Settings holding URLs that may carry a password.
+URL_FIELDS = (
+    "database_url",
+    "redis_url",
+    "redis_cache_url",
+    "sidekiq_redis_url",
+    "cache_service_url",
+)
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***`` (for messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _check_url(value: str, schemes: tuple[str, ...], *, allow_blank: bool = True) -> str:
     if not value and allow_blank:
         return value
     parts = urlsplit(value)
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}, got {value!r}")
+        raise ValueError(
+            f"must be a URL with scheme {' or '.join(schemes)}, got {mask_password(value)!r}"
+        )
     return value
 
 
@@ -219,6 +252,18 @@ class Settings(BaseSettings):
     @property
     def github_app_private_key_pem(self) -> bytes:
         return base64.b64decode(self.github_app_private_key)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret: the values of :data:`SECRET_FIELDS`, the App key's PEM,
+        and the passwords of :data:`URL_FIELDS` (what log and error redaction masks)."""
+        values = [str(getattr(self, name) or "") for name in SECRET_FIELDS]
+        if self.github_app_private_key:
+            values.append(self.github_app_private_key_pem.decode(errors="replace"))
+        for name in URL_FIELDS:
+            url = getattr(self, name) or ""
+            with contextlib.suppress(ValueError):
+                values.append(unquote(urlsplit(url).password or ""))
+        return [value for value in values if value]
 
     @property
     def cryptographic_key_bytes(self) -> bytes | None:

@@ -46,7 +46,7 @@ def load() -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, settings.secret_values())
     return settings
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,7 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from cocov_jobs import jobs
+from cocov_jobs import jobs, logs
 from cocov_jobs.cli import demo, demo_sample
 from cocov_jobs.cli.common import (
     console,
@@ -47,7 +48,9 @@ from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
 from cocov_jobs.web.server import Server, make_server, server_config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
 app.add_typer(db_app, name="db")
@@ -442,3 +445,8 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:
+        # Not a failure the commands foresaw: the plain traceback (no local variables, which
+        # typer's pretty one would print), secrets masked.
+        sys.stderr.write(logs.redact(traceback.format_exc()))
+        sys.exit(1)
