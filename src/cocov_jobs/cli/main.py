@@ -262,7 +262,7 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
             )
 
     try:
-        stored = run_async(settings, body)
+        stored = run_async(settings, body, redis="require")
     except UploadError as exc:
         raise fail(f"{exc}\n{usage}") from None
     if stored.deferred:
