@@ -48,6 +48,7 @@ from cocov_jobs.testing.servers import http_client
 from cocov_jobs.testing.webhooks import SECRET, webhook_headers
 
 __all__ = [
+    "CLI",
     "RESULTS_DIR",
     "ROOT",
     "SECRET",
