@@ -25,6 +25,7 @@ from cocov_jobs.db.session import asyncpg_dsn, create_engine
 from cocov_jobs.engine.registry import Registry
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing.databases import test_servers, with_database
+from tests.support.logs import JsonLogs
 from tests.support.settings import make_settings
 
 pytest_plugins = ["tests.support.s3"]
@@ -136,3 +137,8 @@ def restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) -> JsonLogs:
+    return JsonLogs(capsys)

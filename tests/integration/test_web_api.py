@@ -10,10 +10,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, jobs
-from tests.support.logs import json_log_lines
+from tests.support.logs import JsonLogs
 from tests.support.web import fixture_repository
 
-from cocov_jobs import logs
 from cocov_jobs.crypto import new_service_token, service_token_digest
 from cocov_jobs.engine import admin, queue
 from cocov_jobs.services import Services
@@ -360,17 +359,16 @@ async def test_the_token_that_enqueued_a_job_is_recorded_shown_and_logged(
     owner: int,
     database_url: str,
     redis_url: str,
-    capsys: pytest.CaptureFixture[str],
-    restore_logging: None,
+    json_logs: JsonLogs,
 ) -> None:
-    logs.configure("json", "INFO")
+    json_logs.start()
     by_token = f"token:{await token_id(services)}"
     job_id = (await client.post("/v1/jobs/update-commits-author", json={"user_id": owner})).json()[
         "job_id"
     ]
     event = await client.post("/v1/events/user-emails-updated", json={"user_id": owner})
     assert event.status_code == 202
-    enqueued = [line for line in json_log_lines(capsys.readouterr().err) if "enqueued_by" in line]
+    enqueued = [line for line in json_logs.read() if "enqueued_by" in line]
     assert [(line["job_id"], line["enqueued_by"]) for line in enqueued] == [
         (job_id, by_token),
         (event.json()["jobs"]["update_commits_author"], by_token),

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, job_log, jobs
-from tests.support.logs import json_log_lines
+from tests.support.logs import JsonLogs
 from tests.support.web import (
     DATA,
     closed_port,
@@ -24,7 +24,7 @@ from tests.support.web import (
     webhook_settings,
 )
 
-from cocov_jobs import contracts, logs
+from cocov_jobs import contracts
 from cocov_jobs.config import Settings
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.worker import Worker
@@ -124,24 +124,23 @@ async def test_signature_of_another_body_is_refused(client: httpx.AsyncClient) -
     assert response.status_code == 401
 
 
-def _warnings(captured: str) -> list[str]:
-    return [line["event"] for line in json_log_lines(captured) if line["level"] == "warning"]
+def _warnings(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["event"] for line in lines if line["level"] == "warning"]
 
 
 async def test_without_a_secret_webhooks_are_refused_with_503_and_a_start_up_warning(
     settings: Settings,
     database_url: str,
     redis_url: str,
-    capsys: pytest.CaptureFixture[str],
-    restore_logging: None,
+    json_logs: JsonLogs,
 ) -> None:
     """Anyone reaching the port could post ``repository deleted``: no secret, no webhooks."""
-    logs.configure("json", "INFO")
+    json_logs.start()
     no_secret = settings.model_copy(update={"github_webhook_secret_key": ""})
     async with services_at(no_secret, database_url=database_url, redis_url=redis_url) as services:
         await fixture_repository(services)
         async with http_client(services) as client:
-            [warning] = _warnings(capsys.readouterr().err)
+            [warning] = _warnings(json_logs.read())
             responses = [
                 await client.post(
                     "/v1/github/events",
@@ -157,17 +156,16 @@ async def test_without_a_secret_webhooks_are_refused_with_503_and_a_start_up_war
         assert response.status_code == 503
         assert response.json()["code"] == "webhook.secret_not_configured"
         assert "COCOV_GITHUB_WEBHOOK_SECRET_KEY" in response.json()["message"]
-    assert _warnings(capsys.readouterr().err) == []
+    assert _warnings(json_logs.read()) == []
 
 
 async def test_unsigned_webhooks_are_accepted_only_when_opted_in_with_warnings(
     settings: Settings,
     database_url: str,
     redis_url: str,
-    capsys: pytest.CaptureFixture[str],
-    restore_logging: None,
+    json_logs: JsonLogs,
 ) -> None:
-    logs.configure("json", "INFO")
+    json_logs.start()
     opted_in = settings.model_copy(
         update={"github_webhook_secret_key": "", "github_webhook_allow_unsigned": True}
     )
@@ -175,7 +173,7 @@ async def test_unsigned_webhooks_are_accepted_only_when_opted_in_with_warnings(
         services_at(opted_in, database_url=database_url, redis_url=redis_url) as services,
         http_client(services) as client,
     ):
-        [at_start] = _warnings(capsys.readouterr().err)
+        [at_start] = _warnings(json_logs.read())
         responses = [
             await client.post(
                 "/v1/github/events",
@@ -186,7 +184,7 @@ async def test_unsigned_webhooks_are_accepted_only_when_opted_in_with_warnings(
         ]
     assert [r.status_code for r in responses] == [202, 202, 202]
     assert "COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED" in at_start
-    [at_first_request] = _warnings(capsys.readouterr().err)
+    [at_first_request] = _warnings(json_logs.read())
     assert "unsigned" in at_first_request
 
 

@@ -8,7 +8,9 @@ be shown inside another site's frame, so the dashboard's buttons cannot be click
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Scope
+
+from cocov_jobs.web.asgi import ResponseStartMiddleware
 
 #: Added to every response (unless the handler set the header itself).
 HEADERS = {
@@ -18,22 +20,10 @@ HEADERS = {
 }
 
 
-class SecurityHeaders:
+class SecurityHeaders(ResponseStartMiddleware):
     """ASGI middleware adding :data:`HEADERS` to every HTTP response."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    def response_started(self, scope: Scope, message: Message) -> None:
+        headers = MutableHeaders(scope=message)
+        for name, value in HEADERS.items():
+            headers.setdefault(name, value)

@@ -15,16 +15,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from cocov_jobs.engine import metrics
 from cocov_jobs.sidekiq import intake
+from cocov_jobs.web.asgi import ResponseStartMiddleware
 
 #: Route label of requests no route matched.
 UNMATCHED = "<unmatched>"
 #: Method labels; any other method counts as :data:`OTHER_METHOD`.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
+#: Scope key where the response's status is noted for the count.
+_STATUS = "cocov_jobs.status"
 
 
 async def scrape(request: Request) -> Response:
@@ -33,29 +36,20 @@ async def scrape(request: Request) -> Response:
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-class RequestCounter:
+class RequestCounter(ResponseStartMiddleware):
     """ASGI middleware: ``cocov_jobs_http_requests_total{route,method,status}`` (see above)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # an exception before the response starts is a 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send)
         finally:
+            # An exception before the response starts is a 500.
+            status = scope.get(_STATUS, 500)
             method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
             metrics.HTTP_REQUESTS.labels(_route(scope), method, f"{status // 100}xx").inc()
+
+    def response_started(self, scope: Scope, message: Message) -> None:
+        scope[_STATUS] = message["status"]
 
 
 def _route(scope: Scope) -> str:
