@@ -262,7 +262,8 @@ class Settings(BaseSettings):
         for name in URL_FIELDS:
             url = getattr(self, name) or ""
             with contextlib.suppress(ValueError):
-                values.append(unquote(urlsplit(url).password or ""))
+                password = urlsplit(url).password or ""
+                values += [password, unquote(password)]  # as written in the URL, and decoded
         return [value for value in values if value]
 
     @property
