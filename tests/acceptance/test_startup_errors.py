@@ -39,6 +39,8 @@ def taken_port() -> Iterator[int]:
 def start(
     args: list[str], fmt: str, tmp_path: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``cocov-jobs ARGS`` configured as an installation would be (both Redis URLs set)."""
+    env.setdefault("COCOV_REDIS_CACHE_URL", env.get("COCOV_REDIS_URL", ""))
     started = time.monotonic()
     result = subprocess.run(
         [*CLI, *args],
@@ -151,6 +153,7 @@ def test_a_worker_without_redis_says_so_at_once_and_keeps_running(
                 COCOV_LOG_FORMAT="json",
                 COCOV_DATABASE_URL=database_url,
                 COCOV_REDIS_URL=DEAD_REDIS,
+                COCOV_REDIS_CACHE_URL=DEAD_REDIS,
                 COCOV_SIDEKIQ_PROBE_ADDRESS="127.0.0.1",
                 COCOV_SIDEKIQ_PROBE_PORT=str(port),
             )
