@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cocov_jobs.testing.planted import leaks, planted_env, secret_database_url
-from tests.acceptance.conftest import CLI, cli_env
+from cocov_jobs.testing.processes import CLI, cli_env
 
 FORMATS = ["console", "json"]
 #: Longest a failing start-up may take (the store checks give up after 5 s).

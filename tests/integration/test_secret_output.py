@@ -14,10 +14,9 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from tests.conftest import make_settings
-from tests.helpers import drain
-from tests.helpers import jobs as queued_jobs
-from tests.integration.test_web_server import serve
+from tests.support.helpers import drain
+from tests.support.helpers import jobs as queued_jobs
+from tests.support.settings import make_settings
 
 from cocov_jobs import jobs, logs
 from cocov_jobs.config import Settings
@@ -26,6 +25,7 @@ from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import Registry, job
 from cocov_jobs.services import Services
 from cocov_jobs.testing.planted import PEM, TOKENS, leaks, planted_fields
+from cocov_jobs.testing.servers import serve
 from cocov_jobs.web.app import create_app
 
 FORMATS = ["console", "json"]

@@ -14,18 +14,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from starlette.applications import Starlette
-from tests.integration.test_web_server import (
-    WAIT,
-    payload,
-    serve,
-    services_at,
-    until,
-    webhook_headers,
-    webhook_settings,
-)
+from tests.support.web import payload, services_at, webhook_settings
 
 from cocov_jobs.config import Settings
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import WAIT, until
+from cocov_jobs.testing.servers import serve
+from cocov_jobs.testing.webhooks import webhook_headers
 from cocov_jobs.web.app import create_app
 from cocov_jobs.web.body import MAX_UNAUTHENTICATED_BODIES
 

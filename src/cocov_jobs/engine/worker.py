@@ -28,7 +28,6 @@ import signal
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import structlog

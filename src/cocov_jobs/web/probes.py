@@ -64,7 +64,8 @@ async def readiness(request: Request) -> Response:
     except Exception as exc:  # any failure means not ready; say which, where and why
         checks["postgresql"] = False
         checks["postgresql_error"] = reachability.postgresql_failure(services, exc)
-    for name, store in reachability.redis_stores(services).items():
+    stores = reachability.redis_stores(services)
+    for name, store in stores.items():
         problem = await reachability.redis_problem(store, CHECK_TIMEOUT)
         checks[name] = problem is None
         if problem is not None:
@@ -72,7 +73,7 @@ async def readiness(request: Request) -> Response:
     ready = (
         checks.get("postgresql") is True
         and checks.get("schema") is True
-        and all(checks[name] for name in redises)
+        and all(checks[name] for name in stores)
         and (not expect_worker or checks.get("workers", 0) > 0)
     )
     return JSONResponse({"ok": ready, "checks": checks}, status_code=200 if ready else 503)

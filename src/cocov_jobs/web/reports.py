@@ -52,7 +52,12 @@ from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.gitstore.layout import check_sha
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
-from cocov_jobs.uploads import HeldLimitError, InvalidCoverageData, check_coverage_data, store_upload
+from cocov_jobs.uploads import (
+    HeldLimitError,
+    InvalidCoverageData,
+    check_coverage_data,
+    store_upload,
+)
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
 from cocov_jobs.web.errors import ApiError

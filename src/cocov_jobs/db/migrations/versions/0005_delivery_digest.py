@@ -4,8 +4,8 @@
 ``X-GitHub-Delivery``, so a captured delivery replayed under a new id is a duplicate too.
 ``note`` says what a delivery did not apply (a push whose ``before`` is not the branch head).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

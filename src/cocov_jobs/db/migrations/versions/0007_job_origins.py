@@ -4,8 +4,8 @@
 session of a Cocov user), ``webhook:<delivery id>``, ``repository:<id>`` (coverage upload),
 ``job:<job id>`` (a follow-up), ``schedule``, ``cli``. Rows are pruned with the job's history.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -8,8 +8,8 @@ last seen. Logging out deletes the row.
 ``cocov_jobs_secret_keys``: keys generated at first use when no setting provides one (the
 dashboard session signing key without ``COCOV_SECRET_KEY_BASE``), shared by every process.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
