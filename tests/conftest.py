@@ -10,6 +10,7 @@ and, for what the benchmarks also use, in :mod:`cocov_jobs.testing`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -24,6 +25,7 @@ from cocov_jobs.db.session import asyncpg_dsn, create_engine
 from cocov_jobs.engine.registry import Registry
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing.databases import test_servers, with_database
+from tests.support.logs import JsonLogs
 from tests.support.settings import make_settings
 
 pytest_plugins = ["tests.support.s3"]
@@ -125,3 +127,18 @@ async def services(
         redis_cache_url=redis_url,
     ) as opened:
         yield opened
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level back after a test that configures logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str], restore_logging: None) -> JsonLogs:
+    return JsonLogs(capsys)

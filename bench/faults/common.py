@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ from cocov_jobs.testing.servers import http_client
 from cocov_jobs.testing.webhooks import SECRET, webhook_headers
 
 __all__ = [
+    "CLI",
     "RESULTS_DIR",
     "ROOT",
     "SECRET",
@@ -258,8 +260,12 @@ serve_app = http_client
 
 
 def push_body(github_id: int, name: str, sha: str, branch: str = "main") -> dict[str, Any]:
-    """GitHub's push payload (``tests/data/github/push.json``) for ``sha`` on ``branch``."""
+    """GitHub's push payload (``tests/data/github/push.json``) for ``sha`` on ``branch``.
+
+    Each call's body is unique, as GitHub's are (the same body again is taken for a replay).
+    """
     body: dict[str, Any] = json.loads(PUSH_PAYLOAD.read_text())
+    body["compare"] = f"{body['compare']}?push={uuid.uuid4()}"
     body["ref"] = f"refs/heads/{branch}"
     body["after"] = sha
     body["repository"] = body["repository"] | {"id": github_id, "name": name}

@@ -1,8 +1,8 @@
 """Scenario 7 (secrets): known credentials never leave the places they are meant to be.
 
-The whole pipeline runs with credentials this script knows, as separate ``cocov-jobs web`` and
-``cocov-jobs worker`` processes (JSON logs at DEBUG level, captured to files) against a
-private PostgreSQL and Redis and the GitHub fake:
+The whole pipeline runs with credentials this script knows, as separate ``cocov-jobs web`` (JSON
+logs) and ``cocov-jobs worker`` (console logs) processes, at DEBUG level, captured to files,
+against a private PostgreSQL and Redis and the GitHub fake:
 
 signed push webhook → ``process_commit`` (clone with the installation token, its first git
 request answered 500 so the job retries, the next ones held :data:`SLOW_GIT_SECONDS` so the
@@ -13,14 +13,19 @@ service token → ``update_user_permissions`` with a user's OAuth token, and onc
 user whose token was revoked (a permanent failure with its reason recorded) →
 ``update_commits_author``.
 
+Then start-up failures, in both log formats (at the default level, INFO): a second ``web`` on
+the running one's port, and ``jobs list`` and ``worker`` with a database URL (holding a
+password) nobody answers; each must exit 1 with one line.
+
 Known secrets: every installation token and App JWT the fake received (taken from its request
 log), both users' OAuth tokens, the webhook secret, the service token, the repository token,
-``COCOV_CRYPTOGRAPHIC_KEY``, the App private key (its base64 setting and every line of the
-PEM), and the mounted secret's plaintext. Also each token's ``x-access-token:`` Basic form.
+``COCOV_CRYPTOGRAPHIC_KEY``, ``COCOV_SECRET_KEY_BASE``, ``COCOV_GITHUB_OAUTH_CLIENT_SECRET``, the
+database password, the App private key (its base64 setting and every line of the PEM), and the
+mounted secret's plaintext. Also each token's ``x-access-token:`` Basic form.
 
 Places searched (a finding for any secret in any of them is a failure):
 
-* every log line of the web and worker processes;
+* every log line of the web and worker processes, and everything the failed start-ups wrote;
 * ``pgqueuer_log.traceback`` (exception text and tracebacks) and ``pgqueuer.payload`` (job
   arguments) of every job;
 * ``/proc/<pid>/cmdline`` of every git process, sampled every :data:`SAMPLE_INTERVAL` seconds
@@ -54,6 +59,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 from common import (
+    CLI,
     CRYPTO_KEY,
     RESULTS_DIR,
     SECRET,
@@ -76,7 +82,7 @@ from cocov_jobs.checks import COVERAGE_CONTEXT
 from cocov_jobs.coverage import encode_lines
 from cocov_jobs.crypto import encrypt, new_service_token, service_token_digest
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.testing import FakeGitHub
+from cocov_jobs.testing import FakeGitHub, planted
 from cocov_jobs.testing.fake_git import DEFAULT_AUTHOR
 
 SCENARIO = "secrets"
@@ -102,6 +108,8 @@ checks:
         destination: ~/.deploy_key
 """
 REPO = "web"
+#: ``COCOV_GITHUB_OAUTH_CLIENT_SECRET`` of the run.
+OAUTH_SECRET = planted.SETTINGS["COCOV_GITHUB_OAUTH_CLIENT_SECRET"]
 
 
 @dataclass
@@ -114,6 +122,7 @@ class Evidence:
     git_cmdlines: set[str] = field(default_factory=set)
     clone_files: int = 0
     archive_members: int = 0
+    startup_failures: int = 0
     secrets: int = 0
     leaks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -316,6 +325,9 @@ def known_secrets(world: World, private_key_b64: str, private_key_pem: bytes) ->
         "COCOV_CRYPTOGRAPHIC_KEY": CRYPTO_KEY.encode(),
         "secret plaintext": SECRET_PLAINTEXT.encode(),
         "App private key (setting)": private_key_b64.encode(),
+        "COCOV_SECRET_KEY_BASE": planted.SETTINGS["COCOV_SECRET_KEY_BASE"].encode(),
+        "COCOV_GITHUB_OAUTH_CLIENT_SECRET": OAUTH_SECRET.encode(),
+        "database password": planted.DATABASE_PASSWORD.encode(),
     }
     for n, token in enumerate(world.oauth_tokens):
         secrets[f"user OAuth token {n}"] = token.encode()
@@ -403,41 +415,81 @@ async def positive_control(redis_url: str, secrets: dict[str, bytes], evidence: 
 # Main ------------------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def running_services(
-    fake: FakeGitHub, scratch: Path
-) -> AsyncIterator[tuple[str, str, str, list[Path], Path]]:
-    """Stores, a migrated database, ``cocov-jobs web`` and one worker, JSON logs at DEBUG.
+@dataclass
+class Running:
+    database_url: str
+    redis_url: str
+    web_url: str
+    logs: list[Path]
+    storage: Path
+    env: dict[str, str]
 
-    Yields (database URL, Redis URL, web URL, log files, storage directory)."""
+
+@asynccontextmanager
+async def running_services(fake: FakeGitHub, scratch: Path) -> AsyncIterator[Running]:
+    """Stores, a migrated database, ``cocov-jobs web`` (JSON logs) and one worker (console
+    logs), at DEBUG, every secret setting set."""
     storage = scratch / "storage"
     settings = bench_settings(fake, storage)
     with private_postgres(scratch / "pg") as pg, private_redis(scratch / "redis") as rd:
         async with migrated_database(pg.url) as database_url:
-            env = process_env(settings, database_url, rd.url(0), COCOV_LOG_LEVEL="DEBUG")
+            env = process_env(
+                settings,
+                database_url,
+                rd.url(0),
+                COCOV_LOG_LEVEL="DEBUG",
+                COCOV_SECRET_KEY_BASE=planted.SETTINGS["COCOV_SECRET_KEY_BASE"],
+                COCOV_GITHUB_OAUTH_CLIENT_SECRET=OAUTH_SECRET,
+            )
             logs = [scratch / "web.log", scratch / "worker.log"]
-            worker = start_worker(env, log=logs[1])
+            worker = start_worker(env | {"COCOV_LOG_FORMAT": "console"}, log=logs[1])
             try:
                 async with web_process(env, log=logs[0]) as web_url:
-                    yield database_url, rd.url(0), web_url, logs, storage
+                    yield Running(database_url, rd.url(0), web_url, logs, storage, env)
             finally:
                 stop_process(worker)
+
+
+def startup_failures(running: Running, secrets: dict[str, bytes], evidence: Evidence) -> None:
+    """A taken port and an unreachable database, in both formats: one line each, no secret."""
+    port = running.web_url.rsplit(":", 1)[1]
+    dead_database = planted.secret_database_url()
+    attempts = [
+        (["web", "--host", "127.0.0.1", "--port", port], {}),
+        (["jobs", "list"], {"COCOV_DATABASE_URL": dead_database}),
+        (["worker"], {"COCOV_DATABASE_URL": dead_database}),
+    ]
+    for fmt in ("console", "json"):
+        for argv, env in attempts:
+            result = subprocess.run(
+                [*CLI, *argv],
+                env=running.env | env | {"COCOV_LOG_FORMAT": fmt, "COCOV_LOG_LEVEL": "INFO"},
+                capture_output=True,
+                timeout=FLOW_TIMEOUT,
+                check=False,
+            )
+            output = result.stdout + result.stderr
+            name = f"{' '.join(argv[:2])} ({fmt})"
+            evidence.startup_failures += 1
+            evidence.search(f"output of {name}", output, secrets)
+            if result.returncode != 1 or len(output.strip().splitlines()) != 1:
+                evidence.problems.append(f"{name}: status {result.returncode}, {output[:300]!r}")
 
 
 async def scenario(scratch: Path) -> Evidence:
     evidence = Evidence()
     with FakeGitHub(org="acme", tmp_dir=scratch / "fake") as fake:
         async with running_services(fake, scratch) as running:
-            database_url, redis_url, web_url, logs, storage = running
-            world = await seed(fake, database_url)
+            world = await seed(fake, running.database_url)
             with CmdlineSampler() as sampler:
-                await run_flow(world, web_url, evidence.payloads)
+                await run_flow(world, running.web_url, evidence.payloads)
             secrets = known_secrets(world, fake.private_key_b64, fake.private_key_pem)
             await search_database(world, secrets, evidence)
-            await positive_control(redis_url, secrets, evidence)
+            await positive_control(running.redis_url, secrets, evidence)
+            startup_failures(running, secrets, evidence)
         # After the processes stopped, so their last lines are in the files.
-        search_logs(logs, secrets, evidence)
-        search_storage(storage, secrets, evidence)
+        search_logs(running.logs, secrets, evidence)
+        search_storage(running.storage, secrets, evidence)
         search_cmdlines(sampler.cmdlines, secrets, evidence)
         if fake.tokens_minted < 2:
             evidence.problems.append("no installation token was refreshed mid-flow")
@@ -457,6 +509,7 @@ def main(results_dir: Path) -> int:
         + len(evidence.git_cmdlines)
         + evidence.clone_files
         + evidence.archive_members
+        + evidence.startup_failures
     )
     return summary(
         SCENARIO,
@@ -470,6 +523,7 @@ def main(results_dir: Path) -> int:
         git_cmdlines=len(evidence.git_cmdlines),
         clone_files=evidence.clone_files,
         archive_members=evidence.archive_members,
+        startup_failures=evidence.startup_failures,
         leaks=len(evidence.leaks),
     )
 

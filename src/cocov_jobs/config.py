@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,12 +31,44 @@ class SettingsError(Exception):
     """A configuration value is wrong; the message names the variable."""
 
 
+#: Settings whose whole value is secret (URL settings: only their password, see
+#: :meth:`Settings.secret_values`).
+SECRET_FIELDS = (
+    "github_app_private_key",
+    "github_oauth_client_secret",
+    "github_webhook_secret_key",
+    "cryptographic_key",
+    "secret_key_base",
+    "database_password",
+)
+#: Settings holding URLs that may carry a password.
+URL_FIELDS = (
+    "database_url",
+    "redis_url",
+    "redis_cache_url",
+    "sidekiq_redis_url",
+    "cache_service_url",
+)
+
+
+def mask_password(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***`` (for messages)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _check_url(value: str, schemes: tuple[str, ...], *, allow_blank: bool = True) -> str:
     if not value and allow_blank:
         return value
     parts = urlsplit(value)
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ValueError(f"must be a URL with scheme {' or '.join(schemes)}, got {value!r}")
+        raise ValueError(
+            f"must be a URL with scheme {' or '.join(schemes)}, got {mask_password(value)!r}"
+        )
     return value
 
 
@@ -52,6 +85,8 @@ class Settings(BaseSettings):
     github_oauth_client_id: str = ""
     github_oauth_client_secret: str = ""
     github_webhook_secret_key: str = ""
+    #: Accept webhooks without a signature when no secret is set (else they are refused).
+    github_webhook_allow_unsigned: bool = False
     github_api_url: str = "https://api.github.com"
     github_url: str = "https://github.com"
     #: Read (and write, pool) timeout of GitHub API requests, seconds; connecting has its own.
@@ -93,6 +128,15 @@ class Settings(BaseSettings):
     # cocov-jobs operational settings
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=0, le=65535)
+    #: Addresses (comma-separated IPs or networks, ``*`` for any) whose ``X-Forwarded-Proto`` /
+    #: ``X-Forwarded-For`` are believed.
+    web_trusted_proxies: str = "127.0.0.1"
+    #: Mark dashboard cookies ``Secure`` even when the request did not say it came over HTTPS.
+    web_secure_cookies: bool = False
+    #: Seconds a client has to send a request's headers (from connecting or the last answer).
+    web_header_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds a client has to send a request's whole body.
+    web_body_timeout: float = Field(default=60.0, gt=0)
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     #: Worker processes ``cocov-jobs worker`` runs under one supervisor; 0 = one per core.
     worker_processes: int = Field(default=0, ge=0, le=256)
@@ -208,6 +252,19 @@ class Settings(BaseSettings):
     @property
     def github_app_private_key_pem(self) -> bytes:
         return base64.b64decode(self.github_app_private_key)
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret: the values of :data:`SECRET_FIELDS`, the App key's PEM,
+        and the passwords of :data:`URL_FIELDS` (what log and error redaction masks)."""
+        values = [str(getattr(self, name) or "") for name in SECRET_FIELDS]
+        if self.github_app_private_key:
+            values.append(self.github_app_private_key_pem.decode(errors="replace"))
+        for name in URL_FIELDS:
+            url = getattr(self, name) or ""
+            with contextlib.suppress(ValueError):
+                password = urlsplit(url).password or ""
+                values += [password, unquote(password)]  # as written in the URL, and decoded
+        return [value for value in values if value]
 
     @property
     def cryptographic_key_bytes(self) -> bytes | None:

@@ -8,8 +8,10 @@ commits, then calls :meth:`EventEffects.after_commit`. Rules:
 event         actions               effect
 ============  ====================  ===============================================================
 push          any                   branch ``refs/heads/<b>``: register the head commit
-                                    (:func:`~cocov_jobs.registration.register_head_commit`);
-                                    tags, ``deleted: true`` and ``head_commit: null`` do nothing
+                                    (:func:`~cocov_jobs.registration.register_head_commit`),
+                                    moving the head only from ``before`` (or onto a new branch,
+                                    or ``forced``; else noted on the delivery); tags,
+                                    ``deleted: true`` and ``head_commit: null`` do nothing
 delete        any                   ``ref_type: branch``: delete the branch and its histories
 repository    all but ``deleted``   ``update_repo_permissions``
 repository    ``deleted``           ``destroy_repository``
@@ -56,6 +58,9 @@ BRANCH_REF_PREFIX = "refs/heads/"
 MAX_GITHUB_ID = 2**31 - 1
 
 Payload = dict[str, Any]
+_NOTE_DELIVERY = text(
+    "UPDATE cocov_jobs_webhook_deliveries SET note = :note WHERE delivery_id = :id"
+)
 AfterCommit = Callable[[], Awaitable[None]]
 
 
@@ -70,6 +75,8 @@ class EventEffects:
     session: AsyncSession
     redis: aioredis.Redis
     handlers: list[str] = field(default_factory=list)
+    #: What the delivery did not apply, and why (recorded on the delivery).
+    notes: list[str] = field(default_factory=list)
     _after_commit: list[AfterCommit] = field(default_factory=list, repr=False)
 
     def on_commit(self, step: AfterCommit) -> None:
@@ -110,15 +117,19 @@ def event_action(payload: Payload) -> str | None:
 
 
 async def apply_event(
-    session: AsyncSession, redis: aioredis.Redis, event: str, payload: Payload
+    session: AsyncSession, redis: aioredis.Redis, event: str, payload: Payload, delivery_id: str
 ) -> EventEffects:
-    """Apply every matching rule of :data:`RULES` in the caller's transaction."""
+    """Apply every matching rule of :data:`RULES` in the caller's transaction; what was not
+    applied is noted on the (recorded) delivery ``delivery_id``."""
     effects = EventEffects(session, redis)
     action = event_action(payload)
     for rule in RULES:
         if rule.matches(event, action):
             await rule.handler(effects, payload)
             effects.handlers.append(rule.handler.__name__)
+    if effects.notes:
+        await session.execute(_NOTE_DELIVERY, {"id": delivery_id, "note": "; ".join(effects.notes)})
+        log.warning("webhook not fully applied", delivery_id=delivery_id, notes=effects.notes)
     return effects
 
 
@@ -187,6 +198,7 @@ async def register_push(effects: EventEffects, payload: Payload) -> None:
         sha = check_sha(_text(_field(head, "id")).lower())
     except ValueError as exc:
         raise MalformedPayload(f"push head_commit.id: {exc}") from None
+    before = _text(payload.get("before")).lower()
     registration = await register_head_commit(
         effects.session,
         effects.redis,
@@ -196,7 +208,13 @@ async def register_push(effects: EventEffects, payload: Payload) -> None:
         message=_text(_field(head, "message")),
         author_name=_text(_field(head, "author", "name")),
         author_email=_text(_field(head, "author", "email")),
+        expected_head=None if payload.get("forced") is True else before,
     )
+    if registration.kept_head is not None:
+        effects.notes.append(
+            f"head of {branch} not moved to {sha}: the push starts from {before or 'nothing'},"
+            f" the head is {registration.kept_head}"
+        )
     effects.on_commit(functools.partial(registration.after_commit, effects.redis))
 
 

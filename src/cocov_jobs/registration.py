@@ -47,13 +47,26 @@ _UPSERT_COMMIT = text(
     """
 )
 
+#: Moves the head unless ``:expected`` (a push's ``before``) is given and the branch's head is
+#: another commit; returns a row only when the head is (now) the commit.
 _MOVE_HEAD = text(
     """
     INSERT INTO branches (repository_id, name, head_id, created_at, updated_at)
     VALUES (:repository_id, :name, :head_id, timezone('utc', now()), timezone('utc', now()))
     ON CONFLICT (repository_id, name)
     DO UPDATE SET head_id = EXCLUDED.head_id, updated_at = EXCLUDED.updated_at
+    WHERE CAST(:expected AS text) IS NULL
+       OR branches.head_id IS NULL
+       OR branches.head_id = EXCLUDED.head_id
+       OR branches.head_id = (SELECT id FROM commits
+                              WHERE repository_id = :repository_id AND sha = :expected)
+    RETURNING head_id
     """
+)
+
+_HEAD_SHA = text(
+    "SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id"
+    " WHERE b.repository_id = :repository_id AND b.name = :name"
 )
 
 _RESET_COVERAGE = text(
@@ -86,6 +99,8 @@ class Registration:
     created: bool
     process_commit_job: int | None
     coverage_upload_id: int | None
+    #: The branch's head when it was not moved to this commit (see ``expected_head``).
+    kept_head: str | None = None
     _claimed: list[tuple[str, bytes | str]] = field(default_factory=list, repr=False)
 
     async def after_commit(self, redis: aioredis.Redis) -> None:
@@ -95,8 +110,8 @@ class Registration:
         self._claimed.clear()
 
 
-def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
-    """The held upload, or None (logged, then discarded) when it cannot be read.
+def _pending_coverage(key: str, pending: bytes | str) -> str | None:
+    """The held upload as JSON text, or None (logged, then discarded) when it cannot be read.
 
     We hold JSON. Cocov's API held the reporter's ``data`` as Ruby ``Hash#inspect`` text
     (``{"a.rb"=>"eJw="}``: its Redis client stringifies the parameters object), which Cocov's
@@ -105,11 +120,15 @@ def _pending_coverage(key: str, pending: bytes | str) -> dict[str, Any] | None:
     left by a Cocov installation must not block the push that finds it.
     """
     try:
-        data = json.loads(pending)
-    except ValueError:
-        data = _ruby_inspected_upload(pending)
+        text_ = pending.decode() if isinstance(pending, bytes) else pending
+        data = json.loads(text_)
+    except ValueError:  # UnicodeDecodeError included
+        inspected = _ruby_inspected_upload(pending)
+        if inspected is not None:
+            return canonical_coverage(inspected)
+        data = None
     if isinstance(data, dict):
-        return data
+        return text_
     log.warning("discarding deferred coverage that is neither JSON nor Ruby hash text", key=key)
     return None
 
@@ -142,11 +161,10 @@ async def queue_coverage(
     repository_id: int,
     commit_id: int,
     sha: str,
-    data: dict[str, Any],
+    coverage: str,
 ) -> QueuedCoverage:
-    """Store an upload for a known commit, mark its coverage ``queued``, enqueue processing.
-
-    Runs in the caller's transaction.
+    """Store an upload (``coverage``: the JSON of its ``data`` map) for a known commit, mark its
+    coverage ``queued``, enqueue processing. Runs in the caller's transaction.
     """
     upload_id = (
         await session.execute(
@@ -154,7 +172,7 @@ async def queue_coverage(
                 "INSERT INTO cocov_jobs_coverage_uploads (repository_id, sha, data)"
                 " VALUES (:r, :s, CAST(:d AS jsonb)) RETURNING id"
             ),
-            {"r": repository_id, "s": sha, "d": json.dumps(data)},
+            {"r": repository_id, "s": sha, "d": coverage},
         )
     ).scalar_one()
     await session.execute(
@@ -176,8 +194,14 @@ async def register_head_commit(
     message: str,
     author_name: str,
     author_email: str,
+    expected_head: str | None = None,
 ) -> Registration:
-    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work."""
+    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work.
+
+    With ``expected_head`` (a push's ``before``) the head moves only from that commit, or when
+    the branch has no head yet: a replayed or late push never moves a head backwards. The
+    commit is registered either way; ``kept_head`` then names the head left in place.
+    """
     await lock_commit(session, repository_id, sha)
     row = (
         await session.execute(
@@ -194,17 +218,24 @@ async def register_head_commit(
     ).one()
     commit_id, created = int(row.id), bool(row.inserted)
     processed = row.clone_status == CloneStatus.completed and row.checked
-    await session.execute(
-        _MOVE_HEAD, {"repository_id": repository_id, "name": branch, "head_id": commit_id}
+    branch_key = {"repository_id": repository_id, "name": branch}
+    moved = await session.scalar(
+        _MOVE_HEAD, {**branch_key, "head_id": commit_id, "expected": expected_head}
     )
     registration = Registration(commit_id, created, None, None)
+    if moved is None:
+        registration.kept_head = str(await session.scalar(_HEAD_SHA, branch_key))
     key = contracts.deferred_coverage_key(repository_id, sha)
     pending = await redis.get(key)
     if pending is not None:
-        data = _pending_coverage(key, pending)
-        if data is not None:
+        coverage = _pending_coverage(key, pending)
+        if coverage is not None:
             queued = await queue_coverage(
-                session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
+                session,
+                repository_id=repository_id,
+                commit_id=commit_id,
+                sha=sha,
+                coverage=coverage,
             )
             registration.coverage_upload_id = queued.upload_id
         registration._claimed.append((key, pending))

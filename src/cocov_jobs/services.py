@@ -35,6 +35,8 @@ class Services:
     cache_redis: aioredis.Redis
     #: Sidekiq's Redis (Cocov's db2), where Cocov's API enqueues its jobs; None: no intake.
     sidekiq_redis: aioredis.Redis | None = None
+    #: URL of the primary Redis (what error messages name, password masked).
+    redis_url: str = ""
     _github: GitHubClient | None = field(default=None, repr=False)
     _storage: CommitStorage | None = field(default=None, repr=False)
     _installation_tokens: InstallationTokenProvider | None = field(default=None, repr=False)
@@ -103,6 +105,7 @@ async def open_services(
             if settings.sidekiq_redis_url
             else None
         ),
+        redis_url=redis_url,
     )
     try:
         yield services

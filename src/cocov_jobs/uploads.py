@@ -8,12 +8,20 @@ Storing follows ``POST /v1/reports`` (docs/architecture.md §6.9, §7.1): under 
 registration lock, a registered commit gets the upload stored and ``process_coverage`` enqueued in
 the caller's transaction; an unknown commit gets the canonical JSON held in Redis for
 :data:`~cocov_jobs.contracts.DEFERRED_COVERAGE_TTL` seconds, claimed when the commit is registered.
+
+Held uploads are bounded per repository: at most :data:`MAX_HELD_UPLOADS` commits and
+:data:`MAX_HELD_BYTES` bytes at once (else :class:`HeldLimitError`), so one repository token
+cannot park unbounded data in Redis under invented commit ids. An index per repository
+(:func:`held_index_key`: commit → size and expiry) is checked and updated atomically with the
+hold (:data:`_HOLD`); entries whose upload expired or was claimed by its push no longer count.
+A new upload for a commit already held replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +38,37 @@ _FIND_REPOSITORY = text("SELECT EXISTS (SELECT 1 FROM repositories WHERE id = :i
 _FIND_COMMIT = text("SELECT id FROM commits WHERE repository_id = :repository_id AND sha = :sha")
 
 
+#: Commits of one repository with coverage held at once, and their total size in bytes.
+MAX_HELD_UPLOADS = 10
+MAX_HELD_BYTES = 128 * 1024 * 1024
+
+#: KEYS: the repository's index, the upload's key. ARGV: the commit, the coverage JSON, its
+#: size, the TTL, now (Unix seconds), the two limits, the prefix of the repository's upload
+#: keys. Returns 1 when held, 0 when a limit would be exceeded (nothing written).
+_HOLD = """
+local index, key = KEYS[1], KEYS[2]
+local sha, ttl, now = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local size, max_count, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local count, bytes = 0, 0
+local entries = redis.call('HGETALL', index)
+for i = 1, #entries, 2 do
+  local held, entry = entries[i], entries[i + 1]
+  local held_size, expires = string.match(entry, '^(%d+):(%d+)$')
+  if held == sha or tonumber(expires or 0) <= now
+     or redis.call('EXISTS', ARGV[8] .. held) == 0 then
+    redis.call('HDEL', index, held)
+  else
+    count, bytes = count + 1, bytes + tonumber(held_size)
+  end
+end
+if count + 1 > max_count or bytes + size > max_bytes then return 0 end
+redis.call('SET', key, ARGV[2], 'EX', ttl)
+redis.call('HSET', index, sha, size .. ':' .. (now + ttl))
+redis.call('EXPIRE', index, ttl)
+return 1
+"""
+
+
 class UploadError(ValueError):
     """The upload cannot be accepted; the message says why."""
 
@@ -37,6 +76,15 @@ class UploadError(ValueError):
 class InvalidCoverageData(UploadError):
     """The ``data`` map breaks the coverage wire format (a path or a value; the message names
     the file)."""
+
+
+class HeldLimitError(UploadError):
+    """The repository already holds as many uploads for unknown commits as allowed."""
+
+
+def held_index_key(repository_id: int) -> str:
+    """The Redis hash of a repository's held uploads: commit → ``<bytes>:<expiry>``."""
+    return f"cocov_jobs:held_coverage:{repository_id}"
 
 
 @dataclass(frozen=True)
@@ -101,24 +149,45 @@ async def store_upload(
     *,
     repository_id: int,
     sha: str,
-    data: dict[str, Any],
+    coverage: str,
 ) -> StoredUpload:
-    """Queue ``data`` for commit ``sha``, or hold it until the commit is registered."""
+    """Queue ``coverage`` (the canonical JSON of a ``data`` map, :func:`canonical_coverage`) for
+    commit ``sha``, or hold it until the commit is registered (bounded, module docstring)."""
     if not await session.scalar(_FIND_REPOSITORY, {"id": repository_id}):
         raise UploadError(f"repository {repository_id} does not exist")
     await lock_commit(session, repository_id, sha)
     commit_id = await session.scalar(_FIND_COMMIT, {"repository_id": repository_id, "sha": sha})
     if commit_id is None:
-        await redis.set(
-            contracts.deferred_coverage_key(repository_id, sha),
-            canonical_coverage(data),
-            ex=contracts.DEFERRED_COVERAGE_TTL,
-        )
+        await _hold(redis, repository_id, sha, coverage)
         return StoredUpload(None, None)
     queued = await queue_coverage(
-        session, repository_id=repository_id, commit_id=commit_id, sha=sha, data=data
+        session, repository_id=repository_id, commit_id=commit_id, sha=sha, coverage=coverage
     )
     return StoredUpload(queued.upload_id, queued.job_id)
+
+
+async def _hold(redis: aioredis.Redis, repository_id: int, sha: str, coverage: str) -> None:
+    key = contracts.deferred_coverage_key(repository_id, sha)
+    held = await redis.eval(
+        _HOLD,
+        2,
+        held_index_key(repository_id),
+        key,
+        sha,
+        coverage,
+        len(coverage.encode()),
+        contracts.DEFERRED_COVERAGE_TTL,
+        int(time.time()),
+        MAX_HELD_UPLOADS,
+        MAX_HELD_BYTES,
+        key.removesuffix(sha),
+    )
+    if not held:
+        raise HeldLimitError(
+            f"repository {repository_id} already holds coverage for the most commits not yet"
+            f" pushed ({MAX_HELD_UPLOADS} commits, {MAX_HELD_BYTES // (1024 * 1024)} MiB);"
+            " push the commits first, or wait up to two hours"
+        )
 
 
 async def store_upload_from_file(
@@ -126,4 +195,6 @@ async def store_upload_from_file(
 ) -> StoredUpload:
     """:func:`read_upload_file` then :func:`store_upload`, in the caller's transaction."""
     data = await asyncio.to_thread(read_upload_file, path, sha)
-    return await store_upload(session, redis, repository_id=repository_id, sha=sha, data=data)
+    return await store_upload(
+        session, redis, repository_id=repository_id, sha=sha, coverage=canonical_coverage(data)
+    )

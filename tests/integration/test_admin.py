@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-from collections.abc import Iterator
 
 import pytest
 from tests.support.admin import enqueue, failed_job
@@ -114,16 +112,6 @@ def settings(request: pytest.FixtureRequest) -> Settings:
     if "fake_github" in request.fixturenames:
         fields = request.getfixturevalue("fake_github").settings_fields()
     return make_settings(github_webhook_secret_key=WEBHOOK_SECRET, **fields)
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Put the root logger's handlers and level back after a test that configures logging."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 async def test_job_logs_carry_ids_and_no_secret(

@@ -7,13 +7,24 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 from tests.support.admin import enqueue, failed_job
-from tests.support.helpers import jobs, service_token
+from tests.support.helpers import insert, jobs, service_token
+from tests.support.web import services_at
 
+from cocov_jobs.config import Settings
 from cocov_jobs.engine import admin
 from cocov_jobs.services import Services
+from cocov_jobs.testing.servers import serve
+from cocov_jobs.web import sessions
 from cocov_jobs.web.app import create_app
-from cocov_jobs.web.dashboard import CSRF_COOKIE, SESSION_COOKIE
+from cocov_jobs.web.dashboard import CSRF_COOKIE
+from cocov_jobs.web.sessions import SESSION_COOKIE, open_session
 
 PAGES = (
     "/dashboard",
@@ -104,4 +115,194 @@ async def test_actions_retry_cancel_delete_and_csrf(
     assert [(j["id"], j["status"]) for j in await jobs(services)] == [(failed, "queued")]
     await client.post(f"/dashboard/jobs/{failed}/delete", data={"csrf_token": token_})
     assert await jobs(services) == []
-    assert client.cookies.get(CSRF_COOKIE) == token_
+    assert client.cookies.get(CSRF_COOKIE) != token_  # forms carry the session's own token
+
+
+async def test_pages_forbid_framing(client: httpx.AsyncClient, token: str) -> None:
+    """Clickjacking: no page (login form, pages, redirects) may be shown in a frame."""
+    answers = [await client.get("/dashboard/login"), await client.get("/dashboard")]
+    await login(client, token)
+    answers += [await client.get(path) for path in PAGES]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+def _cookie_flags(answer: httpx.Response) -> dict[str, bool]:
+    """Whether each cookie the answer sets is marked ``Secure``."""
+    return {
+        header.split("=", 1)[0]: "; secure" in header.lower()
+        for header in answer.headers.get_list("set-cookie")
+    }
+
+
+async def _login_cookies(url: str, token: str, **headers: str) -> dict[str, bool]:
+    async with httpx.AsyncClient(base_url=url, headers=headers) as browser:
+        form = await browser.get("/dashboard/login")
+        # httpx keeps Secure cookies from plain-HTTP URLs to itself: send it as a browser
+        # behind the HTTPS proxy would.
+        answer = await browser.post(
+            "/dashboard/login",
+            data={"token": token, "csrf_token": csrf(form)},
+            headers={"Cookie": f"{CSRF_COOKIE}={form.cookies[CSRF_COOKIE]}"},
+        )
+    assert answer.status_code == 303
+    return _cookie_flags(form) | _cookie_flags(answer)
+
+
+async def test_cookies_are_secure_behind_an_https_proxy(
+    services: Services, token: str, redis_url: str
+) -> None:
+    """``X-Forwarded-Proto: https`` from a trusted proxy (loopback by default) marks cookies
+    ``Secure``; the same header from an untrusted address does not."""
+    async with serve(create_app(services)) as url:
+        assert await _login_cookies(url, token, **{"X-Forwarded-Proto": "https"}) == {
+            SESSION_COOKIE: True,
+            CSRF_COOKIE: True,
+        }
+        assert set((await _login_cookies(url, token)).values()) == {False}
+    untrusted = services.settings.model_copy(update={"web_trusted_proxies": "10.9.9.9"})
+    async with (
+        services_at(
+            untrusted, database_url=services.database_url, redis_url=redis_url
+        ) as elsewhere,
+        serve(create_app(elsewhere)) as url,
+    ):
+        forwarded = await _login_cookies(url, token, **{"X-Forwarded-Proto": "https"})
+    assert set(forwarded.values()) == {False}
+
+
+async def test_secure_cookies_setting_marks_cookies_secure_over_http(
+    services: Services, token: str, redis_url: str
+) -> None:
+    secure = services.settings.model_copy(update={"web_secure_cookies": True})
+    async with (
+        services_at(secure, database_url=services.database_url, redis_url=redis_url) as opened,
+        serve(create_app(opened)) as url,
+    ):
+        assert set((await _login_cookies(url, token)).values()) == {True}
+
+
+async def test_an_oversized_login_form_is_refused_unread(client: httpx.AsyncClient) -> None:
+    """The login form comes from anyone: it is read with the same bounds as webhooks."""
+    form = await client.get("/dashboard/login")
+    answer = await client.post(
+        "/dashboard/login", data={"token": "x" * (1024 * 1024), "csrf_token": csrf(form)}
+    )
+    assert answer.status_code == 413
+    assert SESSION_COOKIE not in client.cookies
+
+
+# Sessions ------------------------------------------------------------------------------------
+
+
+def browser(app: Starlette) -> httpx.AsyncClient:
+    """A client of ``app`` keeping cookies like a browser (another web process: another app)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def signed_in(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/dashboard")).status_code == 200
+
+
+async def test_a_session_ends_when_its_token_is_deleted(
+    services: Services, client: httpx.AsyncClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await login(client, token)
+    assert await signed_in(client)
+    monkeypatch.setattr(sessions, "SUBJECT_CHECK_SECONDS", 0.0)
+    async with services.sessions.begin() as session:
+        await session.execute(text("DELETE FROM service_tokens"))
+    assert (await client.get("/dashboard")).headers["location"] == "/dashboard/login"
+
+
+async def test_logout_ends_the_session_everywhere(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    form_token = await login(client, token)
+    stolen = client.cookies[SESSION_COOKIE]
+    answer = await client.post("/dashboard/logout", data={"csrf_token": form_token})
+    assert answer.headers["location"] == "/dashboard/login"
+    for app in (client._transport.app, create_app(services)):  # type: ignore[attr-defined]
+        async with browser(app) as thief:
+            thief.cookies.set(SESSION_COOKIE, stolen, path="/dashboard")
+            assert not await signed_in(thief)
+    async with services.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM cocov_jobs_dashboard_sessions")) == 0
+
+
+async def test_the_csrf_token_is_bound_to_its_session(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    """A form token taken from another session is refused, even with a matching cookie."""
+    theirs = await login(client, token)
+    later = await enqueue(services, delay=3600, user_id=2)
+    async with browser(create_app(services)) as victim:
+        await login(victim, token)
+        victim.cookies.set(CSRF_COOKIE, theirs, path="/dashboard")
+        refused = await victim.post(f"/dashboard/jobs/{later}/cancel", data={"csrf_token": theirs})
+    assert refused.status_code == 403
+    assert [j["id"] for j in await jobs(services)] == [later]
+
+
+async def test_sessions_are_signed_with_a_dedicated_key_kept_across_processes(
+    services: Services, settings: Settings, database_url: str, redis_url: str, token: str
+) -> None:
+    """Without ``COCOV_SECRET_KEY_BASE`` the key is generated once and kept in the database:
+    a session opened by one process works in another, and nothing derived from other settings
+    (the cryptographic key) signs a valid cookie."""
+    crypto_key = "k" * 32
+    keyed = settings.model_copy(update={"cryptographic_key": crypto_key, "secret_key_base": None})
+    async with services_at(keyed, database_url=database_url, redis_url=redis_url) as one:
+        async with browser(create_app(one)) as first:
+            await login(first, token)
+            cookie = first.cookies[SESSION_COOKIE]
+        async with browser(create_app(one)) as second:
+            second.cookies.set(SESSION_COOKIE, cookie, path="/dashboard")
+            assert await signed_in(second)
+            for forged_with in (crypto_key, ""):
+                forged = URLSafeTimedSerializer(forged_with, salt="cocov-dashboard").dumps(
+                    {"token_id": 1}
+                )
+                second.cookies.set(SESSION_COOKIE, forged, path="/dashboard")
+                assert not await signed_in(second)
+
+
+async def test_a_user_session_lasts_while_the_user_is_an_admin(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions opened for a Cocov user (not a service token) end when the user stops being
+    an admin."""
+    admin_id = await insert(
+        services, "users", login="boss", github_id=99, github_token="x", admin=True
+    )
+    app = create_app(services)
+
+    async def open_for_admin(request: Request) -> Response:
+        response = RedirectResponse("/dashboard", status_code=303)
+        await open_session(request, response, user_id=admin_id)
+        return response
+
+    app.router.routes.append(Route("/dashboard/test-open", open_for_admin))
+    monkeypatch.setattr(sessions, "SUBJECT_CHECK_SECONDS", 0.0)
+    async with browser(app) as boss:
+        await boss.get("/dashboard/test-open")
+        assert await signed_in(boss)
+        async with services.sessions.begin() as session:
+            await session.execute(text("UPDATE users SET admin = false"))
+        assert not await signed_in(boss)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/state/queued?before=abc",
+        "/dashboard/state/failed?before=99999999999999999999999",
+        "/dashboard/state/queued?job=make-coffee",
+        "/dashboard/jobs/99999999999999999999999",
+    ],
+)
+async def test_bad_query_values_are_4xx(client: httpx.AsyncClient, token: str, path: str) -> None:
+    await login(client, token)
+    answer = await client.get(path)
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:300])

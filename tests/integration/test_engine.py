@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import text
 from tests.support.helpers import drain, job_log, jobs
 
 from cocov_jobs import jobs as product_jobs
@@ -12,6 +13,7 @@ from cocov_jobs.engine import queue
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import JobArgumentsError, Registry, UnknownJobError, job
 from cocov_jobs.engine.retry import Deferred, PermanentError
+from cocov_jobs.engine.schedules import enqueue_periodic
 from cocov_jobs.services import Services
 
 CALLS: list[tuple[str, int]] = []
@@ -55,7 +57,14 @@ async def _test_deduped(ctx: JobContext, key: str) -> None:
 def registry() -> Registry:
     """The product's jobs plus this module's test jobs (a registry of its own, no global)."""
     return product_jobs.registry().including(
-        _test_flaky, _test_permanent, _test_deferred, _test_locked, _test_deduped, _test_overlap
+        _test_flaky,
+        _test_permanent,
+        _test_deferred,
+        _test_locked,
+        _test_deduped,
+        _test_overlap,
+        _test_parent,
+        _test_child,
     )
 
 
@@ -158,6 +167,18 @@ def test_arguments_are_validated() -> None:
         definition.validate_positional(["x"])
     with pytest.raises(JobArgumentsError):
         definition.validate_positional([])
+    with pytest.raises(JobArgumentsError):
+        definition.validate_positional([str(2**63)])
+
+
+@pytest.mark.parametrize("value", [True, "2", 2.0, 2**63, -(2**63) - 1])
+def test_arguments_are_strictly_typed_and_fit_postgresql(value: object) -> None:
+    """``true`` is not user 1, ``"2"`` is not 2, and an id PostgreSQL cannot hold is refused
+    at enqueue (not in the worker)."""
+    definition = product_jobs.registry().resolve("update-user-permissions")
+    assert definition.validate({"user_id": 2}) == {"user_id": 2}
+    with pytest.raises(JobArgumentsError):
+        definition.validate({"user_id": value})
 
 
 RUNNING: list[int] = []
@@ -178,3 +199,36 @@ async def test_concurrency_one_runs_one_job_at_a_time(services: Services) -> Non
             await queue.enqueue(session, "_test_overlap", key=key)
     await drain(services, concurrency=1)
     assert len(PEAK) == 4 and max(PEAK) == 1
+
+
+@job()
+async def _test_parent(ctx: JobContext, user_id: int) -> None:
+    async with ctx.db.begin() as session:
+        await queue.enqueue(session, "_test_child", user_id=user_id)
+
+
+@job()
+async def _test_child(ctx: JobContext, user_id: int) -> None:
+    """Enqueued by :func:`_test_parent`."""
+
+
+async def test_each_job_records_what_enqueued_it(services: Services) -> None:
+    """One place says who enqueued a job: a webhook, a parent job, the scheduler…"""
+    async with services.sessions.begin() as session, queue.enqueued_by("webhook:d-1"):
+        parent = await queue.enqueue(session, "_test_parent", user_id=1)
+    await drain(services, horizon=0)
+    await enqueue_periodic(services, "prune_history")
+    async with services.engine.connect() as conn:
+        origins = (
+            await conn.execute(
+                text(
+                    "SELECT l.entrypoint, o.enqueued_by FROM cocov_jobs_job_origins o"
+                    " JOIN pgqueuer_log l ON l.job_id = o.job_id AND l.status = 'queued'"
+                )
+            )
+        ).all()
+    assert dict(origins) == {
+        "_test_parent": "webhook:d-1",
+        "_test_child": f"job:{parent}",
+        "prune_history": "schedule",
+    }

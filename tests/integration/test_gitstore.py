@@ -407,6 +407,18 @@ async def test_unknown_repository_fails_permanently(
     assert not caught.value.transient
 
 
+async def test_a_server_answering_404_fails_permanently(
+    storage: LocalStorage, clone: Callable[..., Any], sha: str, fake: FakeGitHub
+) -> None:
+    """Git words a plain 404 as ``fatal: repository '<url>/' not found`` (no ``remote:`` line):
+    the repository is gone, retrying for weeks cannot help."""
+    fake.fail_next(None, rf"/{REPO}\.git/info/refs", 404)
+    with pytest.raises(CloneError, match=r"repository '.*' not found") as caught:
+        await clone(storage, sha)
+    assert "remote: repository not found" not in str(caught.value).lower()
+    assert not caught.value.transient
+
+
 async def test_server_errors_are_transient(
     storage: LocalStorage, clone: Callable[..., Any], sha: str, fake: FakeGitHub
 ) -> None:

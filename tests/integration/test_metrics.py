@@ -41,9 +41,32 @@ async def test_metrics_count_jobs_queue_depth_and_requests(services: Services) -
     assert samples[wait] >= 1
     scraped = (
         "cocov_jobs_http_requests_total",
-        (("method", "GET"), ("route", "/metrics"), ("status", "200")),
+        (("method", "GET"), ("route", "/metrics"), ("status", "2xx")),
     )
     assert samples[scraped] >= 1
+
+
+async def test_request_labels_come_from_fixed_sets(services: Services) -> None:
+    """Clients choose methods and paths: invented ones must not grow the label set."""
+    app = create_app(services)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for n in range(50):
+            await client.request(f"INVENTED{n}", f"/no/such/path/{n}")
+            await client.request(f"X{n}", "/metrics")
+    requests = {
+        labels: value
+        for (name, labels), value in (await scrape(app)).items()
+        if name == "cocov_jobs_http_requests_total"
+    }
+    methods = {dict(labels)["method"] for labels in requests}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    invented = {
+        labels: value for labels, value in requests.items() if ("method", "other") in labels
+    }
+    assert {dict(labels)["route"] for labels in invented} == {"<unmatched>", "/metrics"}
+    assert {dict(labels)["status"] for labels in invented} == {"4xx"}
+    assert sum(invented.values()) >= 100
 
 
 async def test_worker_probe_server_serves_metrics(services: Services) -> None:

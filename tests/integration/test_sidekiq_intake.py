@@ -210,6 +210,9 @@ async def test_plain_sidekiq_client_and_other_queues_are_taken_in(
         ("update_commits_author", {"user_id": 3}),
     ]
     assert await redis.llen("queue:other") == 1  # not a queue we take in
+    async with services.engine.connect() as conn:
+        origins = await conn.scalars(text("SELECT enqueued_by FROM cocov_jobs_job_origins"))
+        assert "sidekiq:c" in set(origins)  # what enqueued each job: its Sidekiq jid
 
 
 async def test_scheduled_jobs_become_jobs_due_at_their_time(

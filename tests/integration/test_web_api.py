@@ -10,9 +10,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, jobs
+from tests.support.logs import JsonLogs
 from tests.support.web import fixture_repository
 
 from cocov_jobs.crypto import new_service_token, service_token_digest
+from cocov_jobs.engine import admin, queue
 from cocov_jobs.services import Services
 from cocov_jobs.testing.processes import CLI, WAIT, cli_env
 from cocov_jobs.testing.servers import http_client
@@ -68,6 +70,11 @@ async def token_row(services: Services) -> dict[str, Any]:
             )
         ).one()
     return dict(row._mapping)
+
+
+async def token_id(services: Services) -> int:
+    async with services.engine.connect() as conn:
+        return int(await conn.scalar(text("SELECT id FROM service_tokens")))
 
 
 # Tokens ----------------------------------------------------------------------------------------
@@ -186,8 +193,23 @@ async def test_unknown_job_is_404(client: httpx.AsyncClient) -> None:
         b'{"repository_id": "seven"}',
         b'{"repository_id": 7, "extra": 1}',
         b"[7]",
+        b'{"repository_id": true}',
+        b'{"repository_id": "7"}',
+        b'{"repository_id": 7.0}',
+        b'{"repository_id": 1180591620717411303424}',
+        b'{"repository_id": -9223372036854775809}',
     ],
-    ids=["missing", "wrong-type", "unknown-argument", "not-an-object"],
+    ids=[
+        "missing",
+        "wrong-type",
+        "unknown-argument",
+        "not-an-object",
+        "bool-for-int",
+        "string-for-int",
+        "float-for-int",
+        "beyond-bigint",
+        "below-bigint",
+    ],
 )
 async def test_bad_arguments_are_422_or_400(
     services: Services, client: httpx.AsyncClient, body: bytes
@@ -261,6 +283,7 @@ async def test_job_state_while_queued_then_after_success(
         "state": "queued",
         "attempts": 0,
         "error": None,
+        "enqueued_by": f"token:{await token_id(services)}",
     }
     await drain(services)
     done = await client.get(f"/v1/jobs/{job_id}")
@@ -277,12 +300,10 @@ async def test_job_state_after_a_permanent_failure(
         "head_commit": {"id": "zz"},
         "repository": {"id": 569446274},
     }
-    job_id = (
-        await client.post(
-            "/v1/jobs/process-webhook",
-            json={"delivery_id": "x", "event": "push", "payload": malformed},
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(
+            session, "process_webhook", delivery_id="x", event="push", payload=malformed
         )
-    ).json()["job_id"]
     await drain(services)
     failed = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert (failed["state"], failed["attempts"]) == ("failed", 1)
@@ -293,3 +314,69 @@ async def test_job_state_after_a_permanent_failure(
 async def test_unknown_job_id_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/jobs/123456")
     assert (response.status_code, response.json()["code"]) == (404, "jobs.not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/v1/jobs/99999999999999999999999", None, 404),
+        ("GET", "/v1/jobs/9223372036854775808", None, 404),
+        ("POST", "/v1/events/user-logged-in", {"user_id": 2**70}, 422),
+        ("POST", "/v1/events/user-logged-in", {"user_id": True}, 422),
+        ("POST", "/v1/events/user-emails-updated", {"user_id": "2"}, 422),
+    ],
+)
+async def test_out_of_range_or_mistyped_inputs_are_4xx_not_500(
+    services: Services,
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+) -> None:
+    response = await client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    assert await jobs(services) == []
+
+
+# Who enqueued ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["process-webhook", "move-repository-storage", "prune-history", "PostCoverageStatusJob"]
+)
+async def test_internal_jobs_cannot_be_enqueued_through_the_api(
+    services: Services, client: httpx.AsyncClient, name: str
+) -> None:
+    response = await client.post(f"/v1/jobs/{name}", json={})
+    assert (response.status_code, response.json()["code"]) == (403, "jobs.internal")
+    assert await jobs(services) == []
+
+
+async def test_the_token_that_enqueued_a_job_is_recorded_shown_and_logged(
+    services: Services,
+    client: httpx.AsyncClient,
+    owner: int,
+    database_url: str,
+    redis_url: str,
+    json_logs: JsonLogs,
+) -> None:
+    json_logs.start()
+    by_token = f"token:{await token_id(services)}"
+    job_id = (await client.post("/v1/jobs/update-commits-author", json={"user_id": owner})).json()[
+        "job_id"
+    ]
+    event = await client.post("/v1/events/user-emails-updated", json={"user_id": owner})
+    assert event.status_code == 202
+    enqueued = [line for line in json_logs.read() if "enqueued_by" in line]
+    assert [(line["job_id"], line["enqueued_by"]) for line in enqueued] == [
+        (job_id, by_token),
+        (event.json()["jobs"]["update_commits_author"], by_token),
+    ]
+    detail = await admin.show_job(services, job_id)
+    assert detail is not None and detail.enqueued_by == by_token
+    status, shown, _ = await cocov_jobs(database_url, redis_url, "jobs", "show", str(job_id))
+    assert status == 0 and f"enqueued by {by_token}" in shown
+    async with services.sessions.begin() as session:
+        internal = await queue.enqueue(session, "update_commits_author", delay=60, user_id=2)
+    assert (await client.get(f"/v1/jobs/{internal}")).json()["enqueued_by"] is None

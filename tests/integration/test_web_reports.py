@@ -8,6 +8,7 @@ import base64
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,14 @@ from tests.support.web import (
 )
 
 from cocov_jobs import contracts
+from cocov_jobs import uploads as uploads_module
 from cocov_jobs.config import Settings
+from cocov_jobs.coverage import encode_lines
 from cocov_jobs.registration import canonical_coverage, lock_commit
 from cocov_jobs.services import Services
 from cocov_jobs.testing.processes import until
 from cocov_jobs.testing.servers import http_client
+from cocov_jobs.uploads import MAX_HELD_UPLOADS
 
 UPLOAD = json.loads(
     (Path(__file__).parent.parent / "data" / "coverage" / "coverage_data.json").read_text()
@@ -39,6 +43,9 @@ UPLOAD = json.loads(
 #: The sha of the push fixture (``push.json``).
 PUSH_SHA = "6858adf07e5cd43f9c5d87573369fa354d20a076"
 TOKEN = "crt_0123456789abcdef0123456789abcdef012345"
+#: Longest answer to ``/system/ping`` while a large upload is parsed (the issue asks < 50 ms
+#: p99 on an idle machine; the test machine is shared, the old code took seconds).
+PING_DURING_UPLOAD_SECONDS = 0.25
 
 
 @pytest.fixture
@@ -208,6 +215,9 @@ async def test_upload_for_a_known_commit_is_queued(
         ("process_coverage", {"repository_id": repo, "sha": PUSH_SHA, "upload_id": upload["id"]})
     ]
     async with services.engine.connect() as conn:
+        origin = await conn.scalar(text("SELECT enqueued_by FROM cocov_jobs_job_origins"))
+    assert origin == f"repository:{repo}"
+    async with services.engine.connect() as conn:
         status = await conn.scalar(
             text("SELECT status FROM coverage_infos WHERE commit_id = :c"), {"c": commit}
         )
@@ -233,7 +243,8 @@ async def test_coverage_before_its_commit_is_processed_once_after_the_push(
 ) -> None:
     assert (await post(client, GOOD)).status_code == 204
     assert (await deliver(client, "push", payload("push"))).status_code == 202
-    assert (await deliver(client, "push", payload("push"))).status_code == 202  # new delivery id
+    again = payload("push") | {"compare": "another delivery of the push"}
+    assert (await deliver(client, "push", again)).status_code == 202
 
     [upload] = await uploads(services)
     assert upload["data"] == UPLOAD["data"]
@@ -386,3 +397,62 @@ async def test_ten_megabyte_upload_is_accepted(
     response = await post(client, {"data": data, "commit_sha": PUSH_SHA})
     assert response.status_code == 204
     assert len(json.loads(await redis.get(held_key(repo)) or b"{}")) == 1250
+
+
+async def test_a_large_upload_is_parsed_off_the_event_loop(
+    client: httpx.AsyncClient, repo: int
+) -> None:
+    """Parsing and decoding hundreds of thousands of files must not stall other requests."""
+    encoded = base64.b64encode(encode_lines([1, 0])).decode()
+    body = json.dumps(
+        {"data": {f"src/f{i}.rb": encoded for i in range(400_000)}, "commit_sha": PUSH_SHA}
+    ).encode()
+    upload = asyncio.create_task(
+        client.post(
+            "/v1/reports",
+            content=body,
+            headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"},
+        )
+    )
+    latencies = []
+    while not upload.done():
+        started = time.monotonic()
+        assert (await client.get("/system/ping")).status_code == 204
+        latencies.append(time.monotonic() - started)
+        await asyncio.sleep(0.01)
+    assert (await upload).status_code == 204
+    assert len(latencies) > 20  # the upload took a while: pings ran during it
+    assert max(latencies) < PING_DURING_UPLOAD_SECONDS, sorted(latencies)[-5:]
+
+
+async def test_held_uploads_are_bounded_per_repository(
+    services: Services,
+    redis: aioredis.Redis,
+    client: httpx.AsyncClient,
+    repo: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Uploads for unknown commits are held in Redis: one token must not park unbounded data."""
+    shas = [f"{n:040x}" for n in range(MAX_HELD_UPLOADS + 1)]
+
+    async def hold(sha: str) -> httpx.Response:
+        return await post(client, {"data": UPLOAD["data"], "commit_sha": sha})
+
+    for sha in shas[:-1]:
+        assert (await hold(sha)).status_code == 204
+    full = await hold(shas[-1])
+    assert (full.status_code, full.json()["code"]) == (429, "report.too_many_held")
+    assert str(MAX_HELD_UPLOADS) in full.json()["message"]
+    assert await redis.get(held_key(repo, shas[-1])) is None
+    # Replacing a held upload takes no new place; one claimed by its push frees its place.
+    assert (await hold(shas[0])).status_code == 204
+    await redis.delete(held_key(repo, shas[1]))
+    assert (await hold(shas[-1])).status_code == 204
+    # Bytes are bounded too, whatever the count.
+    size = len(canonical_coverage(UPLOAD["data"]))
+    monkeypatch.setattr(uploads_module, "MAX_HELD_BYTES", 3 * size)
+    await redis.flushdb()
+    for sha in shas[:3]:
+        assert (await hold(sha)).status_code == 204
+    over = await hold(shas[3])
+    assert (over.status_code, over.json()["code"]) == (429, "report.too_many_held")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, job_log, jobs
+from tests.support.logs import JsonLogs
 from tests.support.web import (
     DATA,
     closed_port,
@@ -90,6 +91,9 @@ async def test_signed_push_is_applied(services: Services, client: httpx.AsyncCli
     assert await rows(
         services, "SELECT delivery_id, event, action FROM cocov_jobs_webhook_deliveries"
     ) == [{"delivery_id": "d-1", "event": "push", "action": None}]
+    assert await rows(services, "SELECT enqueued_by FROM cocov_jobs_job_origins") == [
+        {"enqueued_by": "webhook:d-1"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -120,20 +124,68 @@ async def test_signature_of_another_body_is_refused(client: httpx.AsyncClient) -
     assert response.status_code == 401
 
 
-async def test_signature_is_not_required_without_a_secret(
-    settings: Settings, database_url: str, redis_url: str
+def _warnings(lines: list[dict[str, Any]]) -> list[str]:
+    return [line["event"] for line in lines if line["level"] == "warning"]
+
+
+async def test_without_a_secret_webhooks_are_refused_with_503_and_a_start_up_warning(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    json_logs: JsonLogs,
 ) -> None:
-    unsigned = settings.model_copy(update={"github_webhook_secret_key": ""})
+    """Anyone reaching the port could post ``repository deleted``: no secret, no webhooks."""
+    json_logs.start()
+    no_secret = settings.model_copy(update={"github_webhook_secret_key": ""})
+    async with services_at(no_secret, database_url=database_url, redis_url=redis_url) as services:
+        await fixture_repository(services)
+        async with http_client(services) as client:
+            [warning] = _warnings(json_logs.read())
+            responses = [
+                await client.post(
+                    "/v1/github/events",
+                    json=payload("repository_deleted"),
+                    headers={"X-GitHub-Event": "repository", "X-GitHub-Delivery": f"u-{n}"},
+                )
+                for n in range(2)
+            ]
+        assert await rows(services, "SELECT * FROM cocov_jobs_webhook_deliveries") == []
+        assert await jobs(services) == []
+    assert "COCOV_GITHUB_WEBHOOK_SECRET_KEY" in warning
+    for response in responses:
+        assert response.status_code == 503
+        assert response.json()["code"] == "webhook.secret_not_configured"
+        assert "COCOV_GITHUB_WEBHOOK_SECRET_KEY" in response.json()["message"]
+    assert _warnings(json_logs.read()) == []
+
+
+async def test_unsigned_webhooks_are_accepted_only_when_opted_in_with_warnings(
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    json_logs: JsonLogs,
+) -> None:
+    json_logs.start()
+    opted_in = settings.model_copy(
+        update={"github_webhook_secret_key": "", "github_webhook_allow_unsigned": True}
+    )
     async with (
-        services_at(unsigned, database_url=database_url, redis_url=redis_url) as services,
+        services_at(opted_in, database_url=database_url, redis_url=redis_url) as services,
         http_client(services) as client,
     ):
-        response = await client.post(
-            "/v1/github/events",
-            json=payload("ping"),
-            headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": "p-1"},
-        )
-    assert response.status_code == 202
+        [at_start] = _warnings(json_logs.read())
+        responses = [
+            await client.post(
+                "/v1/github/events",
+                json=payload("ping") | {"zen": f"ping {n}"},
+                headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": f"p-{n}"},
+            )
+            for n in range(3)
+        ]
+    assert [r.status_code for r in responses] == [202, 202, 202]
+    assert "COCOV_GITHUB_WEBHOOK_ALLOW_UNSIGNED" in at_start
+    [at_first_request] = _warnings(json_logs.read())
+    assert "unsigned" in at_first_request
 
 
 @pytest.mark.parametrize(
@@ -206,6 +258,72 @@ async def test_redelivery_is_a_no_op(services: Services, client: httpx.AsyncClie
     assert len(await rows(services, "SELECT id FROM commits")) == 1
 
 
+async def test_the_same_signed_body_under_a_new_delivery_id_is_a_duplicate(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    """The signature covers the body, not ``X-GitHub-Delivery``: a captured delivery replayed
+    under a new id must not apply again."""
+    await fixture_repository(services)
+    raw = json.dumps(payload("push")).encode()
+    answers = [
+        await client.post(
+            "/v1/github/events", content=raw, headers=webhook_headers("push", raw, delivery)
+        )
+        for delivery in ("original", "replayed")
+    ]
+    assert [(a.status_code, a.json()["outcome"]) for a in answers] == [
+        (202, "applied"),
+        (200, "duplicate"),
+    ]
+    deliveries = await rows(services, "SELECT delivery_id FROM cocov_jobs_webhook_deliveries")
+    assert deliveries == [{"delivery_id": "original"}]
+    assert len(await jobs(services)) == 1
+
+
+def push(before: str, after: str, *, forced: bool = False, branch: str = "master") -> Any:
+    """GitHub's push payload moving ``branch`` from ``before`` to ``after``."""
+    body = payload("push")
+    body.update(ref=f"refs/heads/{branch}", before=before, after=after, forced=forced)
+    body["head_commit"] = body["head_commit"] | {"id": after}
+    return body
+
+
+async def head_of(services: Services, branch: str = "master") -> str | None:
+    found = await rows(
+        services,
+        "SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id WHERE b.name = :b",
+        b=branch,
+    )
+    return found[0]["sha"] if found else None
+
+
+async def test_a_push_never_moves_a_head_backwards(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    """A push moves the head only from its ``before`` (or onto an unknown branch, or when
+    forced); any other is recorded with the reason and its commit registered, the head kept."""
+    await fixture_repository(services)
+    c0, c1, c2, c3 = (f"{n}" * 40 for n in range(4))
+    assert (await deliver(client, "push", push(c0, c1))).status_code == 202  # new branch
+    assert (await deliver(client, "push", push(c1, c2))).status_code == 202  # from its head
+    assert await head_of(services) == c2
+    stale = await deliver(client, "push", push(c0, c1) | {"compare": "replayed"}, "stale")
+    assert (stale.status_code, stale.json()["outcome"]) == (202, "applied")
+    assert await head_of(services) == c2
+    [note] = await rows(
+        services, "SELECT note FROM cocov_jobs_webhook_deliveries WHERE delivery_id = 'stale'"
+    )
+    assert note["note"] == (
+        f"head of master not moved to {c1}: the push starts from {c0}, the head is {c2}"
+    )
+    other_branch = await deliver(client, "push", push(c0, c3, branch="topic"))
+    assert other_branch.status_code == 202 and await head_of(services, "topic") == c3
+    assert (await deliver(client, "push", push(c0, c3, forced=True))).status_code == 202
+    assert await head_of(services) == c3
+    notes = await rows(services, "SELECT note FROM cocov_jobs_webhook_deliveries WHERE note > ''")
+    assert len(notes) == 1
+
+
 async def test_concurrent_duplicate_deliveries_apply_exactly_once(
     services: Services, client: httpx.AsyncClient, redis: Any
 ) -> None:
@@ -230,7 +348,8 @@ async def test_distinct_deliveries_of_one_push_register_the_commit_once(
     services: Services, client: httpx.AsyncClient
 ) -> None:
     await fixture_repository(services)
-    responses = await asyncio.gather(*(deliver(client, "push", payload("push")) for _ in range(10)))
+    bodies = [payload("push") | {"compare": f"c{n}"} for n in range(10)]  # not replays
+    responses = await asyncio.gather(*(deliver(client, "push", body) for body in bodies))
     assert {r.status_code for r in responses} == {202}
     assert len(await rows(services, "SELECT id FROM commits")) == 1
     assert len(await rows(services, "SELECT id FROM branches")) == 1

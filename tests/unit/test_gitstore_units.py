@@ -120,6 +120,7 @@ def test_git_env_is_minimal_and_carries_the_token_as_a_header(tmp_path: Path) ->
         ("fatal: unable to access 'u': The requested URL returned error: 401", True),
         ("fatal: unable to access 'u': The requested URL returned error: 403", True),
         ("remote: Repository not found.\nfatal: repository 'u' not found", True),
+        ("fatal: repository 'http://h/acme/web.git/' not found", True),
         ("fatal: could not read Username for 'https://h': terminal prompts disabled", True),
         ("fatal: remote error: upload-pack: not our ref " + SHA, True),
         ("fatal: couldn't find remote ref " + SHA, True),

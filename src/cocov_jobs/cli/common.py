@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import structlog
 import typer
 from rich.console import Console
 
-from cocov_jobs import jobs, logs
+from cocov_jobs import jobs, logs, reachability
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.session import DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
@@ -32,6 +34,11 @@ T = TypeVar("T")
 
 #: Exit status for usage errors (unknown job, wrong arguments, bad configuration).
 EXIT_USAGE = 2
+#: What a command does when Redis does not answer at start-up (see :func:`check_stores`).
+RedisCheck = Literal["require", "warn", "skip"]
+#: Settings that say where the web server and a worker's probe server listen.
+WEB_ADDRESS = "COCOV_WEB_HOST, COCOV_WEB_PORT"
+PROBE_ADDRESS = "COCOV_SIDEKIQ_PROBE_ADDRESS, COCOV_SIDEKIQ_PROBE_PORT"
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -46,7 +53,7 @@ def load() -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, settings.secret_values())
     return settings
 
 
@@ -106,18 +113,50 @@ def run_async(
     body: Callable[[Services, Stores], Awaitable[T]],
     *,
     pool_size: int = DEFAULT_POOL_SIZE,
+    redis: RedisCheck = "skip",
 ) -> T:
-    """Start the stores, open the services and run ``body`` in an event loop.
+    """Start the stores, open the services, check them (:func:`check_stores`) and run ``body``
+    in an event loop.
 
     ``pool_size``: database connections kept open (a worker needs one per job slot).
     """
 
     async def main(found: Stores) -> T:
         async with open_program(settings, found, pool_size=pool_size) as services:
+            await check_stores(services, redis)
             return await body(services, found)
 
     with _stores(settings) as found:
         return asyncio.run(main(found))
+
+
+async def check_stores(services: Services, redis: RedisCheck) -> None:
+    """Exit 1 with one line when PostgreSQL does not answer; the same for Redis (the primary,
+    and Sidekiq's when the intake is configured) when the command requires it (``require``), or
+    a warning line when it can do without (``warn``: a worker runs the jobs that need only
+    PostgreSQL and retries the others)."""
+    problem = await reachability.postgresql_problem(services)
+    if problem is not None:
+        raise fail(problem, 1)
+    if redis == "skip":
+        return
+    for store in reachability.redis_stores(services).values():
+        problem = await reachability.redis_problem(store)
+        if problem is not None and redis == "require":
+            raise fail(problem, 1)
+        if problem is not None:
+            log.warning(problem)
+
+
+def listen(host: str, port: int, names: str) -> socket.socket:
+    """A socket listening on ``host:port``; exit 1 with one line naming the settings ``names``
+    when the address is taken or not ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        raise fail(f"cannot listen on {host}:{port} ({names}): {reason}", 1) from None
 
 
 def run_with_services(settings: Settings, action: Callable[[Services], Awaitable[T]]) -> T:
@@ -129,15 +168,19 @@ def run_with_services(settings: Settings, action: Callable[[Services], Awaitable
     return run_async(settings, body)
 
 
-async def serve_with_worker(worker: Worker, server: Server | None) -> None:
-    """Run ``worker``, serving HTTP (``server``) meanwhile, and take in Cocov's Sidekiq queues
-    when ``COCOV_SIDEKIQ_REDIS_URL`` is set: a burst worker takes in everything there first,
-    any other runs the intake until the worker stops."""
+async def serve_with_worker(
+    worker: Worker, server: Server | None, sock: socket.socket | None = None
+) -> None:
+    """Run ``worker``, serving HTTP (``server``, on ``sock``) meanwhile, and take in Cocov's
+    Sidekiq queues when ``COCOV_SIDEKIQ_REDIS_URL`` is set: a burst worker takes in everything
+    there first, any other runs the intake until the worker stops."""
     services = worker.services
     intake = Intake(services) if services.sidekiq_redis is not None else None
     if intake is not None and worker.burst:
         log.info("sidekiq intake drained", payloads=await intake.drain())
-    helpers = [asyncio.create_task(server.serve())] if server is not None else []
+    helpers = []
+    if server is not None:
+        helpers.append(asyncio.create_task(server.serve(sockets=[sock] if sock else None)))
     if intake is not None and not worker.burst:
         helpers.append(asyncio.create_task(intake.run()))
     try:

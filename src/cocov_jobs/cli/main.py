@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +18,14 @@ import typer
 import uvicorn
 from rich.table import Table
 
-from cocov_jobs import jobs
+from cocov_jobs import jobs, logs
 from cocov_jobs.cli import demo, demo_sample
 from cocov_jobs.cli.common import (
+    PROBE_ADDRESS,
+    WEB_ADDRESS,
     console,
     fail,
+    listen,
     load,
     log,
     run_async,
@@ -38,15 +42,18 @@ from cocov_jobs.db.session import DEFAULT_POOL_SIZE, asyncpg_dsn
 from cocov_jobs.embedded import Stores
 from cocov_jobs.engine import admin
 from cocov_jobs.engine.queue import enqueue as enqueue_job
+from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import JobArgumentsError, UnknownJobError
 from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
-from cocov_jobs.web.server import Server, make_server
+from cocov_jobs.web.server import make_server, server_config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
 app.add_typer(db_app, name="db")
@@ -57,6 +64,8 @@ app.add_typer(sidekiq_app, name="sidekiq")
 #: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
 #: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
 BURST_HORIZON = 5.0
+#: What jobs enqueued from the command line are recorded as enqueued by.
+CLI_ORIGIN = "cli"
 
 
 # Processes -----------------------------------------------------------------------------------
@@ -71,19 +80,20 @@ def run(
     settings = load()
     warn_if_listing_misses_cocov(settings)
 
+    address = (host or settings.web_host, port if port is not None else settings.web_port)
+
     async def body(services: Services, found: Stores) -> None:
+        sock = listen(*address, WEB_ADDRESS)
         await upgrade(services.engine, found.database_url)
         worker = Worker(services)
         worker.install_signal_handlers()
-        server = make_server(
-            create_app(services, expect_worker=True),
-            host or settings.web_host,
-            port if port is not None else settings.web_port,
-        )
-        log.info("web listening", host=server.config.host, port=server.config.port)
-        await serve_with_worker(worker, server)
+        server = make_server(create_app(services, expect_worker=True), *address)
+        log.info("web listening", host=address[0], port=address[1])
+        await serve_with_worker(worker, server, sock)
 
-    run_async(settings, body, pool_size=DEFAULT_POOL_SIZE + settings.worker_concurrency)
+    run_async(
+        settings, body, pool_size=DEFAULT_POOL_SIZE + settings.worker_concurrency, redis="require"
+    )
 
 
 @app.command()
@@ -114,7 +124,10 @@ def worker(
     if count > 1 and not child:
         raise typer.Exit(supervise(settings, count, concurrency, burst))
 
+    address = (settings.sidekiq_probe_address, settings.sidekiq_probe_port)
+
     async def body(services: Services, found: Stores) -> None:
+        sock = None if burst or child else listen(*address, PROBE_ADDRESS)
         if found.embedded:
             await upgrade(services.engine, found.database_url)
         w = Worker(
@@ -125,22 +138,18 @@ def worker(
             schedule=not child,
         )
         w.install_signal_handlers()
-        await serve_with_worker(w, None if burst or child else probe_server(services, settings))
+        server = None if sock is None else make_server(create_probe_app(services), *address)
+        await serve_with_worker(w, server, sock)
 
-    run_async(settings, body, pool_size=concurrency or settings.worker_concurrency)
-
-
-def probe_server(services: Services, settings: Settings) -> Server:
-    """Cocov's Sidekiq probe server (probes and /metrics) on its configured address."""
-    return make_server(
-        create_probe_app(services), settings.sidekiq_probe_address, settings.sidekiq_probe_port
-    )
+    run_async(settings, body, pool_size=concurrency or settings.worker_concurrency, redis="warn")
 
 
 def supervise(settings: Settings, processes: int, concurrency: int | None, burst: bool) -> int:
     """Run ``processes`` worker children (see :mod:`cocov_jobs.cli.supervisor`); exit status."""
+    address = (settings.sidekiq_probe_address, settings.sidekiq_probe_port)
 
     async def body(services: Services, found: Stores) -> int:
+        sock = None if burst else listen(*address, PROBE_ADDRESS)
         if found.embedded:
             await upgrade(services.engine, found.database_url)
         supervisor = Supervisor(
@@ -150,12 +159,12 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
             burst=burst,
         )
         supervisor.install_signal_handlers()
-        if burst:
+        if sock is None:
             return await supervisor.run()
         pool = await asyncpg.create_pool(asyncpg_dsn(found.database_url), min_size=1, max_size=2)
-        server = probe_server(services, settings)
+        server = make_server(create_probe_app(services), *address)
         helpers = [
-            asyncio.create_task(server.serve()),
+            asyncio.create_task(server.serve(sockets=[sock])),
             asyncio.create_task(run_periodic(services, lambda: pool)),
         ]
         try:
@@ -166,7 +175,7 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
             await asyncio.gather(*helpers, return_exceptions=True)
             await pool.close()
 
-    return run_async(settings, body)
+    return run_async(settings, body, redis="warn")
 
 
 @app.command()
@@ -177,21 +186,17 @@ def web(
     """Serve HTTP only (webhooks, uploads, API, probes)."""
     settings = load()
 
+    address = (host or settings.web_host, port if port is not None else settings.web_port)
+
     async def body(services: Services, found: Stores) -> None:
+        sock = listen(*address, WEB_ADDRESS)
         if found.embedded:
             await upgrade(services.engine, found.database_url)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(services),
-                host=host or settings.web_host,
-                port=port if port is not None else settings.web_port,
-                log_config=None,
-                lifespan="off",
-            )
-        )
-        await server.serve()
+        app_ = create_app(services)
+        server = uvicorn.Server(server_config(app_, host=address[0], port=address[1]))
+        await server.serve(sockets=[sock])
 
-    run_async(settings, body)
+    run_async(settings, body, redis="require")
 
 
 @db_app.command("upgrade")
@@ -235,7 +240,7 @@ def enqueue(
     settings = load()
 
     async def body(services: Services, found: Stores) -> int | None:
-        async with services.sessions.begin() as session:
+        async with services.sessions.begin() as session, enqueued_by(CLI_ORIGIN):
             return await enqueue_job(session, definition.name, **values)
 
     job_id = run_async(settings, body)
@@ -251,13 +256,13 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
     settings = load()
 
     async def body(services: Services, found: Stores) -> StoredUpload:
-        async with services.sessions.begin() as session:
+        async with services.sessions.begin() as session, enqueued_by(CLI_ORIGIN):
             return await store_upload_from_file(
                 session, services.redis, repository_id=repository_id, sha=sha, path=path
             )
 
     try:
-        stored = run_async(settings, body)
+        stored = run_async(settings, body, redis="require")
     except UploadError as exc:
         raise fail(f"{exc}\n{usage}") from None
     if stored.deferred:
@@ -317,6 +322,7 @@ def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
         console.print(f"state {r.state}, attempts {r.attempts}, due {r.execute_after:%c}")
     else:
         console.print(f"[bold]job {job_id}[/bold] finished (history only)")
+    console.print(f"enqueued by {detail.enqueued_by or 'unknown'}", markup=False)
     table = Table("at", "status", "error")
     for h in detail.history:
         tb = h["traceback"] or {}
@@ -440,3 +446,8 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception:
+        # Not a failure the commands foresaw: the plain traceback (no local variables, which
+        # typer's pretty one would print), secrets masked.
+        sys.stderr.write(logs.redact(traceback.format_exc()))
+        sys.exit(1)

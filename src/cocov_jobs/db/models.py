@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Double,
     ForeignKey,
@@ -552,4 +553,59 @@ class WebhookDelivery(OwnBase):
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
-    __table_args__ = (Index("cocov_jobs_webhook_deliveries_received_at", "received_at"),)
+    #: Hex SHA-256 of the signed body: a replay under a new delivery id is a duplicate too.
+    body_digest: Mapped[str | None] = mapped_column(String)
+    #: What the delivery did not apply, and why (a push whose ``before`` is not the head).
+    note: Mapped[str | None] = mapped_column(String)
+    __table_args__ = (
+        Index("cocov_jobs_webhook_deliveries_received_at", "received_at"),
+        Index("cocov_jobs_webhook_deliveries_body_digest", "body_digest", unique=True),
+    )
+
+
+class DashboardSession(OwnBase):
+    """A signed-in dashboard browser: its subject (a service token or a Cocov user), the CSRF
+    token of its forms and its lifetime. Keyed by the SHA-256 of the id its cookie holds."""
+
+    __tablename__ = "cocov_jobs_dashboard_sessions"
+    digest: Mapped[str] = mapped_column(String, primary_key=True)
+    token_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    csrf_token: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (
+        CheckConstraint(
+            "(token_id IS NULL) <> (user_id IS NULL)",
+            name="cocov_jobs_dashboard_sessions_one_subject",
+        ),
+        Index("cocov_jobs_dashboard_sessions_expires_at", "expires_at"),
+    )
+
+
+class SecretKey(OwnBase):
+    """A key generated once for the installation when no setting provides it."""
+
+    __tablename__ = "cocov_jobs_secret_keys"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class JobOrigin(OwnBase):
+    """What enqueued a job (``token:12``, ``webhook:<delivery>``, ``job:<id>``, ``schedule``…)."""
+
+    __tablename__ = "cocov_jobs_job_origins"
+    job_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    enqueued_by: Mapped[str] = mapped_column(String, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    __table_args__ = (Index("cocov_jobs_job_origins_created_at", "created_at"),)

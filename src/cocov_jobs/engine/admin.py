@@ -84,6 +84,8 @@ SELECT status::text AS status, created, traceback FROM pgqueuer_log
 WHERE job_id = $1 ORDER BY created, id
 """
 
+_ORIGIN = "SELECT enqueued_by FROM cocov_jobs_job_origins WHERE job_id = $1"
+
 _COUNTS = f"""
 SELECT q.entrypoint, {_STATE} AS state, count(*) AS n FROM pgqueuer q GROUP BY 1, 2 ORDER BY 1, 2
 """
@@ -179,11 +181,13 @@ class JobRow:
 
 @dataclass(frozen=True)
 class JobDetail:
-    """One job: its row (``None`` once finished) and its whole log history."""
+    """One job: its row (``None`` once finished), its whole log history and what enqueued it
+    (see :mod:`cocov_jobs.engine.queue`; ``None`` when not recorded)."""
 
     id: int
     row: JobRow | None
     history: list[dict[str, Any]]
+    enqueued_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,9 +277,11 @@ async def show_job(services: Services, job_id: int) -> JobDetail | None:
             {**dict(h), "traceback": _json(h["traceback"])}
             for h in await conn.fetch(_HISTORY, job_id)
         ]
+        origin = await conn.fetchval(_ORIGIN, job_id)
     if not rows and not history:
         return None
-    return JobDetail(id=job_id, row=_job_row(rows[0]) if rows else None, history=history)
+    row = _job_row(rows[0]) if rows else None
+    return JobDetail(id=job_id, row=row, history=history, enqueued_by=origin)
 
 
 async def depth(services: Services) -> Depth:

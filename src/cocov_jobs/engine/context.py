@@ -25,6 +25,7 @@ from sqlalchemy import CursorResult, Executable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
+from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import JobDefinition
 from cocov_jobs.engine.retry import Retry, RetryPolicy, decide, lock_busy
 from cocov_jobs.services import Services
@@ -131,21 +132,25 @@ class RetryJob(RetryRequested):
 
 
 async def execute(definition: JobDefinition, ctx: JobContext, args: Mapping[str, object]) -> None:
-    """Run one job attempt and translate its outcome for PgQueuer (see the module docstring)."""
+    """Run one job attempt and translate its outcome for PgQueuer (see the module docstring).
+
+    Jobs it enqueues are recorded as enqueued by ``job:<id>``.
+    """
     try:
         values = definition.validate(args)
         lock_key = definition.lock_key(values)
-        if lock_key is None:
-            if definition.dedupe is not None:
-                await ctx.release_dedupe()
-            await definition.func(ctx, **values)
-            return
-        async with ctx.advisory_lock(
-            lock_key, release_dedupe=definition.dedupe is not None
-        ) as acquired:
-            if not acquired:
-                raise lock_busy(f"lock {lock_key} is held by another job")
-            await definition.func(ctx, **values)
+        with enqueued_by(f"job:{ctx.job_id}"):
+            if lock_key is None:
+                if definition.dedupe is not None:
+                    await ctx.release_dedupe()
+                await definition.func(ctx, **values)
+                return
+            async with ctx.advisory_lock(
+                lock_key, release_dedupe=definition.dedupe is not None
+            ) as acquired:
+                if not acquired:
+                    raise lock_busy(f"lock {lock_key} is held by another job")
+                await definition.func(ctx, **values)
     except Exception as exc:
         decision = decide(exc, ctx.attempts, ctx.policy)
         if decision is None:

@@ -57,7 +57,7 @@ QUEUE_WAIT = Histogram(
 )
 HTTP_REQUESTS = Counter(
     "cocov_jobs_http_requests",
-    "HTTP requests by route template, method and status.",
+    "HTTP requests by route template, method and status class.",
     ["route", "method", "status"],
     registry=REGISTRY,
 )

@@ -8,12 +8,18 @@ The program's :class:`~cocov_jobs.engine.registry.Registry` travels with its ses
 session factory of :class:`~cocov_jobs.services.Services` puts it in ``Session.info`` under
 :data:`REGISTRY_KEY`, so every piece of code that holds a session can enqueue by name and have
 the arguments validated, without a process-wide registry.
+
+**What enqueued a job** is recorded with it, in the same transaction, in
+``cocov_jobs_job_origins``: the origin set by the innermost :func:`enqueued_by` around the
+enqueue (``token:12``, ``webhook:<delivery>``, ``job:<id>`` — every job run sets its own —,
+``schedule``, ``cli``…). Entry points set it once; the code they call enqueues as usual.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +32,37 @@ from cocov_jobs.engine.registry import JobDefinition, Registry
 
 #: ``Session.info`` key of the program's job registry.
 REGISTRY_KEY = "cocov_jobs.registry"
+
+_origin: ContextVar[str | None] = ContextVar("cocov_jobs_enqueued_by", default=None)
+
+_RECORD_ORIGIN = "INSERT INTO cocov_jobs_job_origins (job_id, enqueued_by) VALUES ($1, $2)"
+
+
+class Origin:
+    """The block of :func:`enqueued_by`: a context manager, plain or ``async``."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _origin.set(self.origin)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _origin.reset(self._token)
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+def enqueued_by(origin: str) -> Origin:
+    """Record ``origin`` as what enqueued the jobs enqueued inside this block (this task and
+    the tasks it starts); ``with`` or ``async with``."""
+    return Origin(origin)
 
 
 def session_registry(session: AsyncSession) -> Registry:
@@ -65,6 +102,8 @@ class NewJob:
     values: dict[str, Any]
     delay: float = 0.0
     dedupe: bool = True
+    #: What enqueued it, when not the origin of the enclosing :func:`enqueued_by`.
+    origin: str | None = None
 
 
 async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[int | None]:
@@ -77,8 +116,8 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[int
         return []
     keys = [job.definition.dedupe_key(job.values) if job.dedupe else None for job in jobs]
     order = sorted(range(len(jobs)), key=lambda i: keys[i] or "")
-    queries = Queries(AsyncpgDriver(await asyncpg_connection(session)))
-    ids = await queries.enqueue(
+    connection = await asyncpg_connection(session)
+    ids = await Queries(AsyncpgDriver(connection)).enqueue(
         [jobs[i].definition.name for i in order],
         [json.dumps(jobs[i].values).encode() for i in order],
         [0] * len(jobs),
@@ -89,6 +128,13 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[int
     placed: list[int | None] = [None] * len(jobs)
     for position, job_id in zip(order, ids, strict=True):
         placed[position] = job_id
+    origins = [
+        (job_id, job.origin or _origin.get())
+        for job, job_id in zip(jobs, placed, strict=True)
+        if job_id is not None and (job.origin or _origin.get())
+    ]
+    if origins:
+        await connection.executemany(_RECORD_ORIGIN, origins)
     return placed
 
 

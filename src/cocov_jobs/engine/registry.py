@@ -7,7 +7,9 @@ sessions (:mod:`cocov_jobs.engine.queue`), so tests can build their own registry
 
 Names: a job is found by its task name (``process_commit``), kebab-case
 (``process-commit``) or Ruby class name (``ProcessCommitJob``). Arguments are validated
-against the function's signature with pydantic, strictly: an argument of the wrong type is
+against the function's signature with pydantic, strictly (``true`` is not 1, ``"2"`` is not 2;
+only command-line text is converted, :meth:`JobDefinition.validate_positional`), and every
+integer must fit PostgreSQL's ``bigint`` (they are row ids): an argument that does not fit is
 refused at enqueue (:class:`JobArgumentsError`), not in the worker.
 """
 
@@ -19,7 +21,7 @@ import typing
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pydantic
 
@@ -34,6 +36,13 @@ Period = Callable[["Settings"], int]
 
 #: Attribute :func:`job` sets on a job function.
 _DEFINITION = "__cocov_job__"
+#: Range of PostgreSQL's ``bigint``, the type of every id an integer argument names.
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+
+
+def fits_bigint(value: int) -> bool:
+    """Whether ``value`` can be a PostgreSQL ``bigint`` (a row or job id)."""
+    return BIGINT_MIN <= value <= BIGINT_MAX
 
 
 class UnknownJobError(KeyError):
@@ -63,6 +72,9 @@ class JobDefinition:
     dedupe: str | None
     every: Period | None
     description: str
+    #: Enqueued only by cocov-jobs itself (follow-ups, webhooks, maintenance): the service
+    #: API refuses it.
+    internal: bool = False
 
     @property
     def cli_name(self) -> str:
@@ -73,24 +85,33 @@ class JobDefinition:
         return "".join(part.capitalize() for part in self.name.split("_")) + "Job"
 
     def validate(self, args: Mapping[str, object]) -> dict[str, Any]:
-        """Arguments coerced to the job's types; :class:`JobArgumentsError` when they don't fit."""
+        """Arguments of exactly the job's types; :class:`JobArgumentsError` when they don't fit."""
         try:
             return self.args_model.model_validate(dict(args)).model_dump()
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise JobArgumentsError(f"{self.cli_name}: {problems}") from None
+            raise self._error(exc) from None
 
     def validate_positional(self, values: list[str]) -> dict[str, Any]:
-        """Positional command-line values mapped onto the parameters in order."""
+        """Positional command-line values (text, converted) mapped onto the parameters."""
         if len(values) != len(self.params):
             raise JobArgumentsError(
                 f"{self.cli_name} takes {len(self.params)} argument(s) "
                 f"({' '.join(p.upper() for p in self.params) or 'none'}), got {len(values)}"
             )
-        return self.validate(dict(zip(self.params, values, strict=True)))
+        try:
+            model = self.args_model.model_validate_strings(
+                dict(zip(self.params, values, strict=True))
+            )
+        except pydantic.ValidationError as exc:
+            raise self._error(exc) from None
+        return model.model_dump()
+
+    def _error(self, exc: pydantic.ValidationError) -> JobArgumentsError:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return JobArgumentsError(f"{self.cli_name}: {problems}")
 
     def lock_key(self, args: Mapping[str, object]) -> str | None:
         return self.lock.format(**args) if self.lock else None
@@ -103,20 +124,27 @@ class JobDefinition:
 
 
 def job(
-    *, lock: str | None = None, dedupe: str | None = None, every: Period | None = None
+    *,
+    lock: str | None = None,
+    dedupe: str | None = None,
+    every: Period | None = None,
+    internal: bool = False,
 ) -> Callable[[JobFunc], JobFunc]:
     """Mark ``async def name(ctx: JobContext, **args)`` as the job ``name``.
 
     ``lock`` and ``dedupe`` are ``str.format`` templates over the arguments, e.g.
-    ``lock="repository:{repository_id}"``; ``every`` makes a job without arguments periodic.
+    ``lock="repository:{repository_id}"``; ``every`` makes a job without arguments periodic;
+    ``internal`` keeps it out of the service API (only cocov-jobs enqueues it).
     """
 
     def mark(func: JobFunc) -> JobFunc:
         hints = typing.get_type_hints(func)
         params = tuple(inspect.signature(func).parameters)[1:]
-        fields: dict[str, Any] = {name: (hints[name], ...) for name in params}
+        fields: dict[str, Any] = {name: (_argument_type(hints[name]), ...) for name in params}
         model = pydantic.create_model(
-            f"{func.__name__}_args", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+            f"{func.__name__}_args",
+            __config__=pydantic.ConfigDict(extra="forbid", strict=True),
+            **fields,
         )
         definition = JobDefinition(
             name=func.__name__,
@@ -127,11 +155,19 @@ def job(
             dedupe=dedupe,
             every=every,
             description=(inspect.getdoc(func) or "").split("\n", 1)[0],
+            internal=internal,
         )
         setattr(func, _DEFINITION, definition)
         return func
 
     return mark
+
+
+def _argument_type(hint: Any) -> Any:
+    """The validated type of an argument: integers are ids, so within ``bigint``."""
+    if hint is int:
+        return Annotated[int, pydantic.Field(ge=BIGINT_MIN, le=BIGINT_MAX)]
+    return hint
 
 
 def definition_of(func: JobFunc) -> JobDefinition:

@@ -23,7 +23,7 @@ from pgqueuer.queries import Queries
 from pgqueuer.sm import SchedulerManager
 
 from cocov_jobs.config import Settings
-from cocov_jobs.engine.queue import enqueue
+from cocov_jobs.engine.queue import enqueue, enqueued_by
 from cocov_jobs.engine.registry import Registry
 from cocov_jobs.services import Services
 
@@ -52,6 +52,12 @@ def periodic_schedules(registry: Registry, settings: Settings) -> dict[str, str]
     return {name: cron_every(minutes) for name, minutes in registry.periodic(settings).items()}
 
 
+async def enqueue_periodic(services: Services, name: str) -> int | None:
+    """Enqueue the periodic job ``name`` now, recorded as enqueued by ``schedule``."""
+    async with services.sessions.begin() as session, enqueued_by("schedule"):
+        return await enqueue(session, name)
+
+
 async def run_periodic(services: Services, pool: Callable[[], asyncpg.Pool | None]) -> None:
     """Enqueue the periodic jobs when due, until cancelled.
 
@@ -63,9 +69,8 @@ async def run_periodic(services: Services, pool: Callable[[], asyncpg.Pool | Non
     if not schedules:
         return
 
-    async def enqueue_periodic(schedule: Any) -> None:
-        async with services.sessions.begin() as session:
-            job_id = await enqueue(session, str(schedule.entrypoint))
+    async def on_tick(schedule: Any) -> None:
+        job_id = await enqueue_periodic(services, str(schedule.entrypoint))
         log.info("periodic job enqueued", job=str(schedule.entrypoint), job_id=job_id)
 
     while True:
@@ -73,7 +78,7 @@ async def run_periodic(services: Services, pool: Callable[[], asyncpg.Pool | Non
         assert current is not None
         manager = SchedulerManager(Queries(AsyncpgPoolDriver(current)))
         for name, expression in schedules.items():
-            manager.schedule(name, expression, clean_old=True)(enqueue_periodic)
+            manager.schedule(name, expression, clean_old=True)(on_tick)
         try:
             await manager.run()
             return

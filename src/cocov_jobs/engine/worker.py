@@ -28,20 +28,21 @@ import signal
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import structlog
 from pgqueuer.db import AsyncpgPoolDriver
-from pgqueuer.models import Job
+from pgqueuer.models import Job, TracebackRecord
 from pgqueuer.qm import QueueManager
 from pgqueuer.queries import Queries
+from pgqueuer.types import JOB_STATUS
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import metrics
 from cocov_jobs.engine.context import JobContext, RetryJob, execute, keep_connection_state
 from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
 from cocov_jobs.engine.schedules import run_periodic
+from cocov_jobs.logs import Redactor
 from cocov_jobs.services import Services
 
 log = structlog.get_logger(__name__)
@@ -89,25 +90,55 @@ WHERE (status = 'queued' AND execute_after <= NOW() + $1::interval) OR status = 
 
 @dataclasses.dataclass
 class _Queries(Queries):
-    """PgQueuer's queries, with re-queues that do not use up an attempt.
+    """PgQueuer's queries, with re-queues that do not use up an attempt, and every error they
+    store masked by ``redact`` (no secret in ``pgqueuer_log.traceback``; :mod:`cocov_jobs.logs`).
 
     ``uncounted`` holds the ids of jobs whose retry decision was not counted (the worker adds
     them when a run ends with such a decision; PgQueuer passes us only the job).
     """
 
     uncounted: set[int] = dataclasses.field(default_factory=set)
+    redact: Redactor = dataclasses.field(default_factory=Redactor)
 
-    async def retry_job(self, job: Job, delay: timedelta, traceback_record: Any) -> None:
+    def _masked(self, record: TracebackRecord | None) -> TracebackRecord | None:
+        """``record`` with its message, traceback and context redacted (both stores use it)."""
+        if record is None:
+            return None
+        context = record.additional_context
+        return record.model_copy(
+            update={
+                "exception_message": self.redact(record.exception_message),
+                "traceback": self.redact(record.traceback),
+                "additional_context": (
+                    {key: self.redact(str(value)) for key, value in context.items()}
+                    if context is not None
+                    else None
+                ),
+            }
+        )
+
+    async def log_jobs(
+        self, job_status: list[tuple[Job, JOB_STATUS, TracebackRecord | None]]
+    ) -> None:
+        await super().log_jobs([(job, status, self._masked(tb)) for job, status, tb in job_status])
+
+    async def retry_job(
+        self, job: Job, delay: timedelta, traceback_record: TracebackRecord | None
+    ) -> None:
         """Re-queue ``job``; when PostgreSQL cannot be reached, leave it picked.
 
         PgQueuer holds a job as failed when this raises, which would end a job that only
         needed a retry. Left picked, its heartbeat goes stale and any worker picks it again
         (at least once, as for a killed worker).
         """
+        traceback_record = self._masked(traceback_record)
         try:
             if job.id in self.uncounted:
                 await self.driver.execute(
-                    _REQUEUE_NOT_COUNTED, job.id, delay, traceback_record.model_dump_json()
+                    _REQUEUE_NOT_COUNTED,
+                    job.id,
+                    delay,
+                    traceback_record.model_dump_json() if traceback_record else None,
                 )
             else:
                 await super().retry_job(job, delay, traceback_record)
@@ -152,6 +183,7 @@ class Worker:
         self._qm: QueueManager | None = None
         #: Jobs whose current run ended with a retry that uses no attempt (see ``_Queries``).
         self._uncounted: set[int] = set()
+        self._redact = Redactor(settings.secret_values())
 
     # Control -----------------------------------------------------------------------------------
 
@@ -220,7 +252,10 @@ class Worker:
     def _queue_manager(self) -> QueueManager:
         """A PgQueuer queue manager on our pool with every job registered."""
         assert self._pool is not None
-        qm = QueueManager(_Queries(AsyncpgPoolDriver(self._pool), uncounted=self._uncounted))
+        queries = _Queries(
+            AsyncpgPoolDriver(self._pool), uncounted=self._uncounted, redact=self._redact
+        )
+        qm = QueueManager(queries)
         for definition in self.services.registry:
             qm.entrypoint(definition.name, on_failure="hold", accepts_context=False)(self._entry)
         self._qm = qm

@@ -42,6 +42,9 @@ PERMANENT_FAILURE_MARKERS = (
     "couldn't find remote ref",
     "unadvertised object",
 )
+#: Git's own wording of an HTTP 404 when the server sends no ``remote:`` message
+#: (``fatal: repository '<url>/' not found``): the repository does not exist there.
+_GIT_NOT_FOUND_RE = re.compile(r"repository '[^'\n]*' not found")
 
 #: Fragments meaning the server did not accept the token (expired or revoked): HTTP 401.
 TOKEN_REJECTED_MARKERS = (
@@ -124,7 +127,9 @@ def git_auth_env(home: Path, token: str) -> dict[str, str]:
 def is_permanent_failure(stderr: str) -> bool:
     """True when git's stderr says the token, the repository or the commit is refused."""
     lowered = stderr.lower()
-    return any(marker in lowered for marker in PERMANENT_FAILURE_MARKERS)
+    return any(marker in lowered for marker in PERMANENT_FAILURE_MARKERS) or bool(
+        _GIT_NOT_FOUND_RE.search(lowered)
+    )
 
 
 async def fetch_commit(dest: Path, *, remote: str, sha: str, token: str, home: Path) -> int:

@@ -27,7 +27,7 @@ _CURRENT_NAME = text(
 )
 
 
-@job(lock="repository-storage:{repository_id}")
+@job(lock="repository-storage:{repository_id}", internal=True)
 async def move_repository_storage(ctx: JobContext, repository_id: int, old_name: str) -> None:
     """Move a renamed repository's stored clones from ``sha1(old_name)`` to its current name."""
     async with ctx.db() as session:

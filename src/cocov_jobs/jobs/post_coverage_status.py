@@ -21,7 +21,7 @@ from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import job
 
 
-@job(dedupe="{commit_id}")
+@job(dedupe="{commit_id}", internal=True)
 async def post_coverage_status(ctx: JobContext, commit_id: int) -> None:
     """Post the commit's ``cocov/coverage`` status from its recorded coverage."""
     async with ctx.db() as session:

@@ -16,13 +16,13 @@ from cocov_jobs.engine.registry import job
 from cocov_jobs.github_events import apply_event
 
 
-@job()
+@job(internal=True)
 async def process_webhook(
     ctx: JobContext, delivery_id: str, event: str, payload: dict[str, Any]
 ) -> None:
     """Apply a recorded GitHub delivery's effects (handler table: docs/architecture.md §6.10)."""
     async with ctx.db.begin() as session:
-        effects = await apply_event(session, ctx.redis, event, payload)
+        effects = await apply_event(session, ctx.redis, event, payload, delivery_id)
     await effects.after_commit()
     ctx.log.info(
         "webhook applied", delivery_id=delivery_id, github_event=event, handlers=effects.handlers

@@ -32,7 +32,7 @@ def purge_requested_key(repository_id: int) -> str:
     return f"cocov:jobs:purge_requested:{repository_id}"
 
 
-@job(dedupe="{repository_id}")
+@job(dedupe="{repository_id}", internal=True)
 async def purge_repository_cache(ctx: JobContext, repository_id: int) -> None:
     """Ask the Cache service, once, to purge a destroyed repository's artifacts."""
     if not ctx.settings.cache_service_url:

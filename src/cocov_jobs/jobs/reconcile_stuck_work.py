@@ -54,7 +54,12 @@ _STUCK = text(
 )
 
 
-@job(lock="reconcile-stuck-work", dedupe="sweep", every=lambda s: s.reconcile_minutes)
+@job(
+    lock="reconcile-stuck-work",
+    dedupe="sweep",
+    every=lambda s: s.reconcile_minutes,
+    internal=True,
+)
 async def reconcile_stuck_work(ctx: JobContext) -> None:
     """Re-enqueue ``process_commit`` for commits whose clone or checks are stuck."""
     params = {

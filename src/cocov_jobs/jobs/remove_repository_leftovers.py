@@ -28,7 +28,7 @@ SCAN_BATCH = 500
 _NAME_TAKEN = text("SELECT EXISTS (SELECT 1 FROM repositories WHERE name = CAST(:name AS citext))")
 
 
-@job(lock="repository-storage:{repository_id}", dedupe="{repository_id}")
+@job(lock="repository-storage:{repository_id}", dedupe="{repository_id}", internal=True)
 async def remove_repository_leftovers(
     ctx: JobContext, repository_id: int, repository_name: str
 ) -> None:

@@ -31,7 +31,8 @@ from pgqueuer.types import JobId
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs.engine import queue
-from cocov_jobs.engine.queue import NewJob
+from cocov_jobs.engine.queue import NewJob, enqueued_by
+from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.sidekiq.payload import (
     INVALID_ARGUMENTS,
     CoverageUpload,
@@ -125,7 +126,7 @@ async def store(session: AsyncSession, redis: aioredis.Redis, entries: list[Entr
         request, problem = entry.payload.request, entry.payload.problem
         if isinstance(request, CoverageUpload):
             try:
-                async with session.begin_nested():
+                async with session.begin_nested(), enqueued_by(_origin(entry)):
                     job_id = await _store_upload(session, redis, request)
             except UploadError as exc:
                 problem = PayloadError(INVALID_ARGUMENTS, f"ProcessCoverageJob: {exc}")
@@ -136,7 +137,7 @@ async def store(session: AsyncSession, redis: aioredis.Redis, entries: list[Entr
             result.kept.append((entry, problem))
             kept = queue.session_registry(session).resolve(KEPT_JOB)
             args = kept.validate({"payload": entry.payload.text})
-            jobs.append((entry, NewJob(kept, args, dedupe=False)))
+            jobs.append((entry, NewJob(kept, args, dedupe=False, origin=_origin(entry))))
         elif isinstance(request, JobRequest):
             jobs.append((entry, _new_job(entry, request)))
     ids = await queue.insert_jobs(session, [job for _, job in jobs])
@@ -169,7 +170,11 @@ async def _store_upload(
     session: AsyncSession, redis: aioredis.Redis, upload: CoverageUpload
 ) -> int | None:
     stored = await store_upload(
-        session, redis, repository_id=upload.repository_id, sha=upload.sha, data=upload.data
+        session,
+        redis,
+        repository_id=upload.repository_id,
+        sha=upload.sha,
+        coverage=canonical_coverage(upload.data),
     )
     return stored.job_id
 
@@ -182,7 +187,18 @@ def _lock_order(entry: Entry) -> tuple[int, str]:
 def _new_job(entry: Entry, request: JobRequest) -> NewJob:
     delay = entry.run_at - time.time() if entry.run_at is not None else 0.0
     # A dead job is held as failed: inserted even when a copy with its dedupe key waits.
-    return NewJob(request.definition, request.args, delay=delay, dedupe=not entry.dead)
+    return NewJob(
+        request.definition,
+        request.args,
+        delay=delay,
+        dedupe=not entry.dead,
+        origin=_origin(entry),
+    )
+
+
+def _origin(entry: Entry) -> str:
+    """What a job taken in from Sidekiq is recorded as enqueued by: ``sidekiq:<jid>``."""
+    return f"sidekiq:{entry.payload.key}"
 
 
 def _context(entry: Entry) -> dict[str, Any]:

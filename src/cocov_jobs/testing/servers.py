@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 from cocov_jobs.services import Services
 from cocov_jobs.testing.processes import WAIT
 from cocov_jobs.web.app import create_app
-from cocov_jobs.web.server import Server
+from cocov_jobs.web.server import Server, server_config
 
 
 class ListeningServer(Server):
@@ -34,13 +34,11 @@ class ListeningServer(Server):
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (ephemeral port); yield its base URL."""
+async def serve(app: Starlette) -> AsyncIterator[str]:
+    """Serve ``app`` as the commands do (:func:`~cocov_jobs.web.server.server_config`) on
+    127.0.0.1 (ephemeral port); yield its base URL."""
     listening = asyncio.Event()
-    server = ListeningServer(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off"),
-        listening.set,
-    )
+    server = ListeningServer(server_config(app, host="127.0.0.1", port=0), listening.set)
     task = asyncio.create_task(server.serve())
     waiting = asyncio.create_task(listening.wait())
     await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)

@@ -14,13 +14,20 @@ Every route needs ``Authorization: bearer <service token>`` (:mod:`~cocov_jobs.w
   task name; ``state`` one of :data:`cocov_jobs.engine.admin.STATES` while the job is in the queue,
   else its last log status (``successful``, ``exception``, ``canceled``, ``deleted``);
   ``attempts`` the runs started so far; ``error`` ``{"type", "message"}`` of the last recorded
-  failure, or null. 404 ``jobs.not_found``.
+  failure, or null; ``enqueued_by`` what enqueued it (``token:<id>``, ``webhook:<delivery>``,
+  ``job:<id>``, ``schedule``…, see :mod:`cocov_jobs.engine.queue`), or null. 404
+  ``jobs.not_found``.
+
+Jobs enqueued here are recorded, and logged, as enqueued by ``token:<service token id>``.
+Internal jobs (:attr:`~cocov_jobs.engine.registry.JobDefinition.internal`: webhook
+processing, follow-ups, maintenance) answer 403 ``jobs.internal``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -28,11 +35,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.engine import admin, queue
-from cocov_jobs.engine.registry import JobArgumentsError, JobDefinition, UnknownJobError
+from cocov_jobs.engine.registry import (
+    JobArgumentsError,
+    JobDefinition,
+    UnknownJobError,
+    fits_bigint,
+)
 from cocov_jobs.services import Services
 from cocov_jobs.web import auth
 from cocov_jobs.web.body import MIB, parse_json_object, read_body
 from cocov_jobs.web.errors import ApiError
+
+log = structlog.get_logger(__name__)
 
 #: Largest accepted request body.
 MAX_API_BYTES = 1 * MIB
@@ -63,16 +77,26 @@ def _definition(services: Services, name: str) -> JobDefinition:
         raise ApiError(404, "jobs.unknown", str(exc)) from None
 
 
+def _origin(caller: auth.ServiceCaller) -> str:
+    """What the jobs a request enqueues are recorded as enqueued by."""
+    return f"token:{caller.token_id}"
+
+
 async def enqueue_job(request: Request) -> Response:
     services: Services = request.app.state.services
-    await _authenticate(services, request)
+    caller = await _authenticate(services, request)
     definition = _definition(services, request.path_params["job"])
+    if definition.internal:
+        raise ApiError(
+            403, "jobs.internal", f"{definition.cli_name} is enqueued by cocov-jobs itself"
+        )
     try:
         values = definition.validate(await _arguments(request))
     except JobArgumentsError as exc:
         raise ApiError(422, "jobs.invalid_arguments", str(exc)) from None
-    async with services.sessions.begin() as session:
+    async with services.sessions.begin() as session, queue.enqueued_by(_origin(caller)):
         job_id = await queue.enqueue(session, definition.name, **values)
+    log.info("job enqueued", job=definition.name, job_id=job_id, enqueued_by=_origin(caller))
     body: dict[str, Any] = {"job_id": job_id}
     if job_id is None:
         body["deduplicated"] = True
@@ -86,7 +110,7 @@ async def _user_exists(session: AsyncSession, user_id: int) -> bool:
 
 async def report_event(request: Request) -> Response:
     services: Services = request.app.state.services
-    await _authenticate(services, request)
+    caller = await _authenticate(services, request)
     jobs = EVENT_JOBS.get(request.path_params["event"])
     if jobs is None:
         raise ApiError(404, "events.unknown", f"Unknown event; known: {', '.join(EVENT_JOBS)}")
@@ -94,10 +118,12 @@ async def report_event(request: Request) -> Response:
         values = services.registry.resolve(jobs[0]).validate(await _arguments(request))
     except JobArgumentsError as exc:
         raise ApiError(422, "events.invalid_arguments", str(exc)) from None
-    async with services.sessions.begin() as session:
+    async with services.sessions.begin() as session, queue.enqueued_by(_origin(caller)):
         if not await _user_exists(session, values["user_id"]):
             raise ApiError(404, "users.not_found", f"No user with id {values['user_id']}")
         ids = {name: await queue.enqueue(session, name, **values) for name in jobs}
+    for name, job_id in ids.items():
+        log.info("job enqueued", job=name, job_id=job_id, enqueued_by=_origin(caller))
     return JSONResponse({"jobs": ids}, status_code=202)
 
 
@@ -115,7 +141,7 @@ async def show_job(request: Request) -> Response:
     services: Services = request.app.state.services
     await _authenticate(services, request)
     job_id: int = request.path_params["job_id"]
-    detail = await admin.show_job(services, job_id)
+    detail = await admin.show_job(services, job_id) if fits_bigint(job_id) else None
     if detail is None:
         raise ApiError(404, "jobs.not_found", f"No job with id {job_id}")
     if detail.row is not None:
@@ -131,6 +157,7 @@ async def show_job(request: Request) -> Response:
             "state": state,
             "attempts": sum(1 for entry in detail.history if entry["status"] == "picked"),
             "error": _last_error(detail),
+            "enqueued_by": detail.enqueued_by,
         }
     )
 

@@ -13,7 +13,9 @@ from starlette.middleware import Middleware
 
 from cocov_jobs.services import Services
 from cocov_jobs.web import api, dashboard, metrics, probes, reports, webhooks
+from cocov_jobs.web.body import unauthenticated_body_slots
 from cocov_jobs.web.errors import EXCEPTION_HANDLERS
+from cocov_jobs.web.headers import SecurityHeaders
 
 
 def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
@@ -21,11 +23,13 @@ def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     app = Starlette(
         routes=[*probes.routes, *webhooks.routes, *reports.routes, *api.routes],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(metrics.RequestCounter)],
+        middleware=[Middleware(metrics.RequestCounter), Middleware(SecurityHeaders)],
     )
     app.router.routes.extend([*metrics.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker
+    app.state.unauthenticated_bodies = unauthenticated_body_slots()
+    webhooks.startup_warning(services.settings)
     return app
 
 

@@ -6,12 +6,10 @@ Authentication
 
 Every page and action needs a service token (the service API's, ``service_tokens``): either
 ``Authorization: bearer <token>`` on each request, or the login form, which exchanges a token for
-a signed session cookie valid :data:`SESSION_MAX_AGE` seconds. Sessions are signed with
-``COCOV_SECRET_KEY_BASE``, else ``COCOV_CRYPTOGRAPHIC_KEY``, else a random per-process secret
-(logged as a warning: sessions then end with the process).
-
-Every POST form carries a CSRF token that must equal the ``SameSite=Strict`` CSRF cookie
-(double submit); requests authenticated by the bearer header need none (no ambient credential).
+a server-side session (:mod:`~cocov_jobs.web.sessions`: revocable, checked against a live
+token, ended by logging out). Each POST form carries the session's CSRF token; the login form
+(no session yet) carries one that must equal the ``SameSite=Strict`` CSRF cookie (double
+submit). Requests authenticated by the bearer header need none (no ambient credential).
 
 Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers, the
 Sidekiq intake's backlog when one is configured),
@@ -26,56 +24,43 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-import structlog
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from cocov_jobs.config import Settings
 from cocov_jobs.engine import admin
+from cocov_jobs.engine.queue import enqueued_by
+from cocov_jobs.engine.registry import fits_bigint
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
 from cocov_jobs.web.auth import use_service_token
+from cocov_jobs.web.body import spool_body
 from cocov_jobs.web.chart import runs_chart
+from cocov_jobs.web.sessions import (
+    COOKIE_PATH,
+    Session,
+    close_session,
+    current_session,
+    open_session,
+    set_cookie,
+)
 
-log = structlog.get_logger(__name__)
-
-#: Seconds a login session lasts.
-SESSION_MAX_AGE = 8 * 3600
-#: Cookie holding the signed session.
-SESSION_COOKIE = "cocov_dashboard_session"
 #: Cookie holding the CSRF token every form repeats.
 CSRF_COOKIE = "cocov_dashboard_csrf"
 #: Name of the CSRF form field.
 CSRF_FIELD = "csrf_token"
 #: The dashboard's URL prefix (cookies are scoped to it).
-PREFIX = "/dashboard"
+PREFIX = COOKIE_PATH
+#: Largest accepted form body (the forms hold a token and a few short fields).
+MAX_FORM_BYTES = 64 * 1024
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _secret(settings: Settings) -> str:
-    secret = settings.secret_key_base or settings.cryptographic_key
-    if secret:
-        return secret
-    log.warning("no COCOV_SECRET_KEY_BASE: dashboard sessions end with this process")
-    return secrets.token_hex(32)
-
-
-def _serializer(request: Request) -> URLSafeTimedSerializer:
-    state = request.app.state
-    if getattr(state, "dashboard_serializer", None) is None:
-        secret = _secret(state.services.settings)
-        state.dashboard_serializer = URLSafeTimedSerializer(secret, salt="cocov-dashboard")
-    serializer: URLSafeTimedSerializer = state.dashboard_serializer
-    return serializer
 
 
 def _services(request: Request) -> Services:
@@ -96,30 +81,57 @@ def _bearer(request: Request) -> str | None:
 
 
 async def _authenticated(request: Request) -> bool:
-    """True for a valid session cookie; sets ``state.bearer`` for a valid bearer header."""
-    request.state.bearer = False
+    """True for a live session (``state.session``) or a valid bearer header (``state.bearer``,
+    the token's id)."""
+    request.state.bearer = None
+    request.state.session = None
     token = _bearer(request)
     if token is not None:
-        request.state.bearer = await _token_id(_services(request), token) is not None
-        return bool(request.state.bearer)
-    try:
-        _serializer(request).loads(request.cookies.get(SESSION_COOKIE, ""), max_age=SESSION_MAX_AGE)
-    except BadSignature:
-        return False
-    return True
+        request.state.bearer = await _token_id(_services(request), token)
+        return request.state.bearer is not None
+    request.state.session = await current_session(request)
+    return request.state.session is not None
 
 
-def _csrf(request: Request) -> str:
+def _session(request: Request) -> Session | None:
+    session: Session | None = getattr(request.state, "session", None)
+    return session
+
+
+def _login_csrf(request: Request) -> str:
+    """The CSRF token of the login form: the CSRF cookie's, or a new one (then set)."""
     return request.cookies.get(CSRF_COOKIE) or request.state.__dict__.setdefault(
         "new_csrf", secrets.token_urlsafe(32)
     )
 
 
+def _csrf(request: Request) -> str:
+    """The token forms must repeat: the session's, or the login form's."""
+    session = _session(request)
+    return session.csrf if session is not None else _login_csrf(request)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The POSTed form (URL-encoded, at most :data:`MAX_FORM_BYTES`), read once per request.
+
+    Read like any body from a sender not yet known (the login form), with bounded memory
+    (:func:`~cocov_jobs.web.body.spool_body`), not with Starlette's unbounded parser.
+    """
+    cached: dict[str, str] | None = getattr(request.state, "form", None)
+    if cached is None:
+        async with spool_body(request, MAX_FORM_BYTES) as body:
+            text = body.read().decode("utf-8", errors="replace")
+        cached = dict(parse_qsl(text, keep_blank_values=True))
+        request.state.form = cached
+    return cached
+
+
 async def _check_csrf(request: Request) -> None:
-    if request.state.bearer:
+    if request.state.bearer is not None:
         return
-    form = await request.form()
-    expected = request.cookies.get(CSRF_COOKIE, "")
+    form = await _form(request)
+    session = _session(request)
+    expected = session.csrf if session is not None else request.cookies.get(CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(str(form.get(CSRF_FIELD, "")), expected):
         raise HTTPException(403, "CSRF token missing or wrong")
 
@@ -132,10 +144,8 @@ def _render(request: Request, name: str, **context: Any) -> Response:
 
 
 def _set_csrf_cookie(request: Request, response: Response) -> None:
-    if CSRF_COOKIE not in request.cookies:
-        response.set_cookie(
-            CSRF_COOKIE, _csrf(request), path=PREFIX, httponly=True, samesite="strict"
-        )
+    if _session(request) is None and CSRF_COOKIE not in request.cookies:
+        set_cookie(request, response, CSRF_COOKIE, _login_csrf(request))
 
 
 def page(handler: Handler) -> Handler:
@@ -157,7 +167,7 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
     async def run(request: Request) -> Response:
         await _check_csrf(request)
         notice = await handler(request)
-        back = (await request.form()).get("next") or PREFIX
+        back = (await _form(request)).get("next") or PREFIX
         target = str(back) if str(back).startswith(PREFIX) else PREFIX
         sep = "&" if "?" in target else "?"
         return RedirectResponse(f"{target}{sep}{urlencode({'notice': notice})}", 303)
@@ -169,35 +179,31 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
 
 
 async def login_form(request: Request) -> Response:
-    request.state.bearer = False
+    request.state.bearer = None
     return _render(request, "login.html", error=None)
 
 
 async def login(request: Request) -> Response:
-    request.state.bearer = False
+    request.state.bearer = None
+    request.state.session = None
     await _check_csrf(request)
-    token = str((await request.form()).get("token", ""))
+    token = (await _form(request)).get("token", "")
     token_id = await _token_id(_services(request), token) if token else None
     if token_id is None:
         response = _render(request, "login.html", error="Unknown service token.")
         response.status_code = 401
         return response
     response = RedirectResponse(PREFIX, status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        _serializer(request).dumps({"token_id": token_id}),
-        max_age=SESSION_MAX_AGE,
-        path=PREFIX,
-        httponly=True,
-        samesite="strict",
-    )
+    await open_session(request, response, token_id=token_id)
     return response
 
 
 async def logout(request: Request) -> Response:
     await _check_csrf(request)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    session = _session(request)
+    if session is not None:
+        await close_session(request, response, session)
     return response
 
 
@@ -223,18 +229,31 @@ async def job_list(request: Request) -> Response:
     state = request.path_params["state"]
     if state not in admin.STATES:
         raise HTTPException(404, f"no state {state}")
-    before = request.query_params.get("before")
+    services = _services(request)
+    before = request.query_params.get("before") or None
+    if before is not None and not (before.isdigit() and fits_bigint(int(before))):
+        raise HTTPException(400, "before must be a job id")
     job = request.query_params.get("job") or None
+    if job is not None and job not in services.registry:
+        raise HTTPException(400, f"no job {job}")
     rows = await admin.list_jobs(
-        _services(request), state=state, job=job, before=int(before) if before else None
+        services, state=state, job=job, before=int(before) if before else None
     )
     more = len(rows) == admin.PAGE_SIZE
     return _render(request, "jobs.html", rows=rows, state=state, job=job, more=more, page=state)
 
 
+def _job_id(request: Request) -> int:
+    """The ``job_id`` of the path; 404 when no job can have it (beyond ``bigint``)."""
+    job_id: int = request.path_params["job_id"]
+    if not fits_bigint(job_id):
+        raise HTTPException(404, "no such job")
+    return job_id
+
+
 @page
 async def job_detail(request: Request) -> Response:
-    detail = await admin.show_job(_services(request), request.path_params["job_id"])
+    detail = await admin.show_job(_services(request), _job_id(request))
     if detail is None:
         raise HTTPException(404, "no such job")
     return _render(request, "job.html", detail=detail, page="job")
@@ -259,7 +278,7 @@ def _job_action(
     verb: str, call: Callable[[Services, int], Awaitable[bool]]
 ) -> Callable[[Request], Awaitable[str]]:
     async def handler(request: Request) -> str:
-        job_id = request.path_params["job_id"]
+        job_id = _job_id(request)
         done = await call(_services(request), job_id)
         return f"job {job_id} {verb}" if done else f"job {job_id} could not be {verb}"
 
@@ -270,9 +289,20 @@ async def _retry_all(request: Request) -> str:
     return f"{await admin.retry_all_failed(_services(request))} failed job(s) queued again"
 
 
+def _origin(request: Request) -> str:
+    """Who acts: ``token:<id>`` (bearer or login), or ``user:<id>`` (a Cocov user's session)."""
+    session = _session(request)
+    if session is None:
+        return f"token:{request.state.bearer}"
+    return f"user:{session.user_id}" if session.user_id is not None else f"token:{session.token_id}"
+
+
 async def _run_now(request: Request) -> str:
     entrypoint = request.path_params["entrypoint"]
-    job_id = await admin.run_now(_services(request), entrypoint)
+    if entrypoint not in _services(request).registry:
+        raise HTTPException(404, f"no job {entrypoint}")
+    with enqueued_by(_origin(request)):
+        job_id = await admin.run_now(_services(request), entrypoint)
     return f"{entrypoint} enqueued as job {job_id}" if job_id else f"{entrypoint} already queued"
 
 

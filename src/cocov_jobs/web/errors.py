@@ -25,11 +25,18 @@ RETRY_AFTER_SECONDS = 5
 class ApiError(Exception):
     """A request error answered with ``status`` and Cocov's envelope."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+
+    def __reduce__(self) -> tuple[type[ApiError], tuple[int, str, str, dict[str, str] | None]]:
+        """Picklable (raised in report parser processes)."""
+        return ApiError, (self.status, self.code, self.message, self.headers)
 
 
 def error_response(
@@ -65,7 +72,7 @@ def store_unavailable(exc: BaseException) -> bool:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:

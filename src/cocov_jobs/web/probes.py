@@ -4,7 +4,8 @@
 * ``/system/probes/readiness`` — 200 when PostgreSQL and Redis (and Sidekiq's Redis, when
   ``COCOV_SIDEKIQ_REDIS_URL`` is set) answer, the schema is at head and
   (when a worker is expected) a worker heartbeat is fresher than
-  :data:`WORKER_FRESHNESS`; else 503 with the failing checks.
+  :data:`WORKER_FRESHNESS`; else 503 with the failing checks (``postgresql_error`` /
+  ``redis_error``: the store's address, its setting and why, :mod:`cocov_jobs.reachability`).
 * ``/system/ping`` — 204.
 """
 
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cocov_jobs import reachability
 from cocov_jobs.db.migrate import schema_is_current
 from cocov_jobs.services import Services
 
@@ -59,22 +61,19 @@ async def readiness(request: Request) -> Response:
         checks.update(
             await asyncio.wait_for(_check_database(services, expect_worker), CHECK_TIMEOUT)
         )
-    except Exception as exc:  # any failure means not ready; say which
+    except Exception as exc:  # any failure means not ready; say which, where and why
         checks["postgresql"] = False
-        checks["postgresql_error"] = type(exc).__name__
-    redises = {"redis": services.redis}
-    if services.sidekiq_redis is not None:
-        redises["sidekiq_redis"] = services.sidekiq_redis
-    for name, client in redises.items():
-        try:
-            checks[name] = bool(await asyncio.wait_for(client.ping(), CHECK_TIMEOUT))
-        except Exception as exc:
-            checks[name] = False
-            checks[f"{name}_error"] = type(exc).__name__
+        checks["postgresql_error"] = reachability.postgresql_failure(services, exc)
+    stores = reachability.redis_stores(services)
+    for name, store in stores.items():
+        problem = await reachability.redis_problem(store, CHECK_TIMEOUT)
+        checks[name] = problem is None
+        if problem is not None:
+            checks[f"{name}_error"] = problem
     ready = (
         checks.get("postgresql") is True
         and checks.get("schema") is True
-        and all(checks[name] for name in redises)
+        and all(checks[name] for name in stores)
         and (not expect_worker or checks.get("workers", 0) > 0)
     )
     return JSONResponse({"ok": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -1,12 +1,84 @@
-"""The uvicorn server every command (and the test doubles) runs an app with."""
+"""The uvicorn server every command (and the test doubles) runs an app with, configured in one
+place (:func:`server_config`): trusted proxies, connection limit, header deadline.
+
+* ``X-Forwarded-*`` headers are believed only from ``COCOV_WEB_TRUSTED_PROXIES``: through them
+  the request's scheme becomes ``https`` and the dashboard marks its cookies ``Secure``.
+* A request's headers must arrive whole within ``COCOV_WEB_HEADER_TIMEOUT`` seconds of the
+  connection opening or of the previous answer on it, else the connection is closed
+  (:class:`HeaderDeadlineProtocol`): uvicorn alone waits forever for a client that sends
+  nothing or trickles its headers. Bodies have their own deadline (:mod:`~cocov_jobs.web.body`).
+* At most :data:`MAX_CONNECTIONS` connections are served at once; requests beyond get 503.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Generator
-from typing import Any
 
+import h11
 import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+#: Connections (or running requests) served at once; requests beyond are answered 503.
+MAX_CONNECTIONS = 1000
+
+
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections whose request headers come too late."""
+
+    header_timeout: float = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        """Close the connection unless a request's headers arrived meanwhile."""
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def server_config(app: Starlette, *, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn configuration serving ``app`` (a ``create_app`` or ``create_probe_app``)."""
+    settings = app.state.services.settings
+    protocol = type(
+        "HeaderDeadline",
+        (HeaderDeadlineProtocol,),
+        {"header_timeout": settings.web_header_timeout},
+    )
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        log_config=None,
+        lifespan="off",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.web_trusted_proxies,
+        limit_concurrency=MAX_CONNECTIONS,
+    )
 
 
 class Server(uvicorn.Server):
@@ -18,5 +90,5 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: Any, host: str, port: int) -> Server:
-    return Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off"))
+def make_server(app: Starlette, host: str, port: int) -> Server:
+    return Server(server_config(app, host=host, port=port))
