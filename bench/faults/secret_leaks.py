@@ -27,7 +27,7 @@ Places searched (a finding for any secret in any of them is a failure):
 
 * every log line of the web and worker processes, and everything the failed start-ups wrote;
 * ``pgqueuer_log.traceback`` (exception text and tracebacks) and ``pgqueuer.payload`` (job
-  arguments) of every job;
+  arguments) of every job; the job history's runs (``cocov_jobs_runs``: arguments, error);
 * ``/proc/<pid>/cmdline`` of every git process, sampled every :data:`SAMPLE_INTERVAL` seconds
   during the flow (at least one git process must have been seen, else the check proved nothing);
 * the stored clones: no ``.git`` anywhere (files or archive members), no secret in any file or
@@ -352,6 +352,14 @@ async def search_database(world: World, secrets: dict[str, bytes], evidence: Evi
             evidence.search(f"pgqueuer_log {row['id']}", row["traceback"].encode(), secrets)
     for job_id, payload in evidence.payloads.items():
         evidence.search(f"pgqueuer payload {job_id}", payload, secrets)
+    runs = await fetch(
+        world.database_url,
+        "SELECT id, arguments::text || coalesce(error, '') AS text FROM cocov_jobs_runs",
+    )
+    for row in runs:
+        evidence.search(f"cocov_jobs_runs {row['id']}", row["text"].encode(), secrets)
+    if not runs:
+        evidence.problems.append("no run in the job history: its check proved nothing")
     logged = await fetch(
         world.database_url, "SELECT count(*) AS n FROM pgqueuer_log WHERE traceback IS NOT NULL"
     )

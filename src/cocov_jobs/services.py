@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -67,6 +68,14 @@ class Services:
         if self._storage is None:
             self._storage = storage_from_settings(self.settings)
         return self._storage
+
+    @asynccontextmanager
+    async def raw_connection(self) -> AsyncIterator[Any]:
+        """The asyncpg connection under one pooled engine connection, in autocommit: for the
+        read queries and single-statement actions of the admin pages (no ORM, no transaction)."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
 
     async def aclose(self) -> None:
         if self._github is not None:

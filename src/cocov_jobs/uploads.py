@@ -198,3 +198,35 @@ async def store_upload_from_file(
     return await store_upload(
         session, redis, repository_id=repository_id, sha=sha, coverage=canonical_coverage(data)
     )
+
+
+@dataclass(frozen=True)
+class HeldUpload:
+    """Coverage held in Redis for a commit not registered yet."""
+
+    sha: str
+    size: int
+    #: Seconds until it expires.
+    expires_in: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def held_uploads(redis: aioredis.Redis, repository_id: int) -> list[HeldUpload]:
+    """The coverage held for ``repository_id``'s commits not registered yet, soonest to expire
+    first: the live entries of its index (:func:`held_index_key`; at most
+    :data:`MAX_HELD_UPLOADS`), without the ones expired or claimed by their push."""
+    now = int(time.time())
+    candidates: list[tuple[str, int, int]] = []
+    for sha, entry in (await redis.hgetall(held_index_key(repository_id))).items():
+        size, _, expires = _text(entry).partition(":")
+        if size.isdigit() and expires.isdigit() and int(expires) > now:
+            candidates.append((_text(sha), int(size), int(expires) - now))
+    async with redis.pipeline(transaction=False) as pipe:
+        for sha, _, _ in candidates:
+            pipe.exists(contracts.deferred_coverage_key(repository_id, sha))
+        present = await pipe.execute()
+    held = [HeldUpload(*c) for c, there in zip(candidates, present, strict=True) if there]
+    return sorted(held, key=lambda upload: upload.expires_in)

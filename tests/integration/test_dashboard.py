@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from tests.support.admin import enqueue, failed_job
-from tests.support.helpers import insert, jobs, service_token
+from tests.support.helpers import drain, insert, jobs, service_token
 from tests.support.web import services_at
 
 from cocov_jobs.config import Settings
-from cocov_jobs.engine import admin
+from cocov_jobs.engine import admin, queue
 from cocov_jobs.services import Services
 from cocov_jobs.testing.servers import serve
 from cocov_jobs.web import sessions
@@ -29,6 +29,9 @@ from cocov_jobs.web.sessions import SESSION_COOKIE, open_session
 PAGES = (
     "/dashboard",
     *(f"/dashboard/state/{s}" for s in admin.STATES),
+    "/dashboard/finished",
+    "/dashboard/metrics",
+    "/dashboard/repositories",
     "/dashboard/schedules",
     "/dashboard/workers",
 )
@@ -37,6 +40,14 @@ PAGES = (
 @pytest.fixture
 async def token(services: Services) -> str:
     return await service_token(services)
+
+
+async def enqueue_as(services: Services, name: str, **args: object) -> int:
+    """Enqueue ``name`` as if the service token with id 9 asked."""
+    async with services.sessions.begin() as session, queue.enqueued_by("token:9"):
+        job_id = await queue.enqueue(session, name, **args)
+    assert job_id is not None
+    return job_id
 
 
 @pytest.fixture
@@ -94,7 +105,51 @@ async def test_every_page_renders_with_jobs(
     assert "<svg" in overview.text and "update_commits_author" in overview.text
     detail = await client.get(f"/dashboard/jobs/{failed}")
     assert "JobArgumentsError" in detail.text and "Traceback" in detail.text
-    assert (await client.get("/dashboard/jobs/999999")).status_code == 404
+    missing = await client.get("/dashboard/jobs/999999")
+    assert missing.status_code == 404 and "No job 999999" in missing.text
+
+
+async def test_a_finished_job_shows_everything_and_the_finished_list_filters(
+    services: Services, client: httpx.AsyncClient, token: str
+) -> None:
+    repository = await insert(
+        services, "repositories", name="calc", default_branch="main", token="t", github_id=1
+    )
+    done = await enqueue_as(services, "compute_repository_commits_size", repository_id=repository)
+    failed = await failed_job(services)
+    await drain(services, horizon=0)
+    await login(client, token)
+    detail = await client.get(f"/dashboard/jobs/{done}")
+    assert "compute_repository_commits_size" in detail.text
+    assert f'<code>{{"repository_id": {repository}}}</code>' in detail.text
+    assert "token:9" in detail.text and "finished: succeeded" in detail.text
+    assert f'href="/dashboard/repositories/{repository}"' in detail.text
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", detail.text)
+    listed = await client.get("/dashboard/finished", params={"outcome": "failed"})
+    assert f'href="/dashboard/jobs/{failed}"' in listed.text
+    assert f'href="/dashboard/jobs/{done}"' not in listed.text
+    by_argument = await client.get("/dashboard/finished", params={"argument": str(repository)})
+    assert f'href="/dashboard/jobs/{done}"' in by_argument.text
+    assert f'href="/dashboard/jobs/{failed}"' not in by_argument.text
+    for bad in ({"outcome": "exploded"}, {"job": "make-coffee"}, {"since": "yesterday"}):
+        refused = await client.get("/dashboard/finished", params=bad)
+        assert refused.status_code == 400 and 'role="alert"' in refused.text
+    page = await client.get("/dashboard/repositories/calc")
+    assert page.status_code == 200 and f'href="/dashboard/jobs/{done}"' in page.text
+    assert (await client.get(f"/dashboard/repositories/{repository}")).text == page.text
+    metrics = await client.get("/dashboard/metrics")
+    assert "compute_repository_commits_size" in metrics.text and "<svg" in metrics.text
+
+
+async def test_unknown_pages_are_rendered_in_the_layout(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    assert (await client.get("/dashboard/nowhere")).headers["location"] == "/dashboard/login"
+    await login(client, token)
+    for path in ("/dashboard/nowhere", "/dashboard/state/nowhere", "/dashboard/repositories/nope"):
+        answer = await client.get(path)
+        assert answer.status_code == 404, path
+        assert "<header>" in answer.text and 'href="/dashboard">← Back' in answer.text
 
 
 async def test_actions_retry_cancel_delete_and_csrf(

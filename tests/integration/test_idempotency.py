@@ -45,7 +45,8 @@ MANIFEST = (
 FILES = {".cocov.yaml": MANIFEST, "lib/a.rb": "1\n2\n3\n4\n"}
 #: ``COCOV_REPOSITORY_CACHE_MAX_SIZE`` of these tests (bytes).
 CACHE_QUOTA = 100
-#: Tables of the job engine and the process registry: bookkeeping, not state of the data.
+#: Tables of the job engine, the process registry and the job history: bookkeeping, not state
+#: of the data (a second run is one more run in the history).
 ENGINE_TABLES = frozenset(
     {
         "pgqueuer",
@@ -54,6 +55,7 @@ ENGINE_TABLES = frozenset(
         "pgqueuer_schedules",
         "alembic_version",
         "cocov_jobs_workers",
+        "cocov_jobs_runs",
     }
 )
 #: Columns whose value says when a row was last written, not what it holds.

@@ -1,5 +1,5 @@
-"""``prune_history`` bounds the deliveries, Sidekiq keys and job log tables, keeping what is
-still useful."""
+"""``prune_history`` bounds the deliveries, Sidekiq keys, job log and job history tables, keeping
+what is still useful."""
 
 from __future__ import annotations
 
@@ -47,8 +47,21 @@ async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Servic
                 " UNION ALL SELECT 999997, 'successful', 'x', 0, true, now()"
             )
         )
+        await session.execute(
+            text(
+                "INSERT INTO cocov_jobs_runs (job_id, job, arguments, attempt, enqueued_at,"
+                " due_at, started_at, finished_at, outcome)"
+                " SELECT 1, 'x', '{}', 1, t, t, t, t, 'succeeded'"
+                " FROM (VALUES (now() - interval '30 days'), (now() - interval '13 days')) AS v(t)"
+            )
+        )
         await queue.enqueue(session, "prune_history")
     await drain(services)
+    runs = await count(
+        services,
+        "SELECT count(*) FROM cocov_jobs_runs WHERE finished_at < now() - interval '1 day'",
+    )
+    assert runs == 1  # the 13-day-old run: within COCOV_HISTORY_RETENTION_DAYS (14)
     deliveries = await count(services, "SELECT count(*) FROM cocov_jobs_webhook_deliveries")
     assert deliveries == 1
     taken = "SELECT count(*) FROM cocov_jobs_sidekiq_taken"

@@ -106,6 +106,25 @@ async def test_tokens_create_prints_the_token_once_and_stores_its_digest(
     assert response.status_code == 202
 
 
+async def test_tokens_create_without_an_owner_uses_one_operator_user(
+    services: Services, database_url: str, redis_url: str
+) -> None:
+    issued = []
+    for _ in range(2):
+        status, out, err = await cocov_jobs(database_url, redis_url, "tokens", "create")
+        assert status == 0, err
+        issued.append(out.strip())
+    async with services.engine.connect() as conn:
+        users = (await conn.execute(text("SELECT id, login, admin FROM users"))).all()
+        owners = (await conn.execute(text("SELECT DISTINCT owner_id FROM service_tokens"))).all()
+    assert [(u.login, u.admin) for u in users] == [("cocov-jobs-operator", True)]
+    assert owners == [(users[0].id,)]
+    async with http_client(services) as client:
+        for token in issued:
+            response = await client.get("/dashboard", headers={"Authorization": f"bearer {token}"})
+            assert response.status_code == 200
+
+
 async def test_tokens_create_refuses_an_unknown_owner(database_url: str, redis_url: str) -> None:
     status, out, err = await cocov_jobs(
         database_url, redis_url, "tokens", "create", "--description", "x", "--owner", "999"

@@ -26,7 +26,7 @@ from tests.support.web import (
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
-from cocov_jobs.engine import queue
+from cocov_jobs.engine import admin, queue
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.gitstore import repo_dir
 from cocov_jobs.registration import canonical_coverage
@@ -88,6 +88,7 @@ async def test_signed_push_is_applied(services: Services, client: httpx.AsyncCli
         {"repository_id": repo, "name": "master", "head_id": commit["id"]}
     ]
     assert await queued(services) == [("process_commit", {"commit_id": commit["id"]})]
+    assert [r.enqueued_by for r in await admin.list_jobs(services)] == ["webhook:d-1"]
     assert await rows(
         services, "SELECT delivery_id, event, action FROM cocov_jobs_webhook_deliveries"
     ) == [{"delivery_id": "d-1", "event": "push", "action": None}]

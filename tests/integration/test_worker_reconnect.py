@@ -17,7 +17,7 @@ from sqlalchemy import text
 from tests.support.helpers import job_log
 
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.engine import queue
+from cocov_jobs.engine import history, queue
 from cocov_jobs.engine.worker import Worker, _Queries
 from cocov_jobs.services import Services
 from cocov_jobs.testing.processes import until
@@ -138,6 +138,9 @@ async def test_a_retry_that_cannot_be_recorded_leaves_the_job_to_be_picked_again
     record = TracebackRecord.from_exception(
         exc=RuntimeError("later"), job_id=job.id, additional_context={}
     )
-    for uncounted in ({job.id}, set()):
-        queries = _Queries(AsyncpgPoolDriver(gone), uncounted=uncounted)
+    deferred = history.Run(job, "test:1")
+    deferred.finish("deferred", "rate limited")
+    for runs in ({job.id: deferred}, {}):  # a re-queue not counted, then a counted one
+        queries = _Queries(AsyncpgPoolDriver(gone), runs=runs)
         await queries.retry_job(job, timedelta(seconds=1), record)
+        assert runs == {}  # the run is forgotten either way

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from cocov_jobs import jobs, logs, reachability
 from cocov_jobs.config import Settings, SettingsError, load_settings
+from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.engine.worker import Worker
@@ -106,6 +107,13 @@ async def open_program(
         redis_cache_url=found.redis_cache_url,
     ) as services:
         yield services
+
+
+async def migrate_embedded(services: Services, found: Stores) -> None:
+    """Bring an embedded database to the current schema (a configured one is migrated by
+    ``db upgrade`` or ``run``, under the operator's control)."""
+    if "postgresql" in found.embedded:
+        await upgrade(services.engine, found.database_url)
 
 
 def run_async(

@@ -102,6 +102,8 @@ SHORT_SHA: Final = 7
 MAX_ERROR_CHARS: Final = 300
 #: Hex digits of a Cocov repository token after ``crt_``.
 REPOSITORY_TOKEN_HEX: Final = 42
+#: Who the job history says enqueued the jobs the demo enqueues itself (as Cocov's API would).
+DEMO_ORIGIN: Final = "demo"
 
 
 class JobRuns(NamedTuple):
@@ -355,7 +357,7 @@ class Flow:
             return (await conn.execute(statement, params)).one_or_none()
 
     async def _enqueue(self, name: str, **args: int) -> int | None:
-        async with self.services.sessions.begin() as session:
+        async with self.services.sessions.begin() as session, queue.enqueued_by(DEMO_ORIGIN):
             return await queue.enqueue(session, name, **args)
 
     async def until(
@@ -477,7 +479,8 @@ class Flow:
                 },
             )
             for name in ("update_repo_permissions", "initialize_repository"):
-                await queue.enqueue(session, name, repository_id=self.repository_id)
+                with queue.enqueued_by(DEMO_ORIGIN):
+                    await queue.enqueue(session, name, repository_id=self.repository_id)
 
         async def members() -> int | None:
             count = int(await self._scalar(_MEMBER_COUNT, id=self.repository_id))

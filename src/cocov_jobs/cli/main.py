@@ -1,17 +1,23 @@
-"""``cocov-jobs``: run the service, manage the schema, enqueue and inspect jobs."""
+"""The ``cocov-jobs`` command: run the service, manage the schema, enqueue and inspect jobs.
+
+Help texts are plain text (typer's rich markup is off), so what ``--help`` prints is what the
+docstrings and ``help=`` say.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import os
 import signal
 import socket
 import sys
 import traceback
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import typer
@@ -28,6 +34,7 @@ from cocov_jobs.cli.common import (
     listen,
     load,
     log,
+    migrate_embedded,
     run_async,
     run_with_services,
     serve_with_worker,
@@ -35,31 +42,48 @@ from cocov_jobs.cli.common import (
 )
 from cocov_jobs.cli.sidekiq import sidekiq_app
 from cocov_jobs.cli.supervisor import Supervisor, child_argv, child_env
-from cocov_jobs.cli.tokens import tokens_app
+from cocov_jobs.cli.tables import (
+    metrics_table,
+    plain_row,
+    queue_table,
+    runs_table,
+    workers_table,
+)
+from cocov_jobs.cli.tokens import has_users, tokens_app
 from cocov_jobs.config import Settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import DEFAULT_POOL_SIZE, asyncpg_dsn
 from cocov_jobs.embedded import Stores
-from cocov_jobs.engine import admin
+from cocov_jobs.engine import admin, history
 from cocov_jobs.engine.queue import enqueue as enqueue_job
 from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import JobArgumentsError, UnknownJobError
 from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services
+from cocov_jobs.times import parse_utc, utc_text
 from cocov_jobs.uploads import StoredUpload, UploadError, store_upload_from_file
 from cocov_jobs.web.app import create_app, create_probe_app
 from cocov_jobs.web.server import make_server, server_config
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Cocov's background-job service: run it, manage its schema, enqueue and inspect jobs.",
 )
-db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
-jobs_app = typer.Typer(no_args_is_help=True, help="Inspect and control jobs.")
+db_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Database schema.")
+jobs_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Inspect and control jobs."
+)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(sidekiq_app, name="sidekiq")
+
+#: The state ``jobs list`` reads from the job history rather than the queue.
+FINISHED = "finished"
 
 #: ``worker --burst`` also waits for jobs due within this many seconds: short deferrals such
 #: as a busy lock (about 2 s) belong to the work being drained; backoff retries do not.
@@ -68,13 +92,31 @@ BURST_HORIZON = 5.0
 CLI_ORIGIN = "cli"
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cocov-jobs {importlib.metadata.version('cocov-jobs')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
 # Processes -----------------------------------------------------------------------------------
 
 
 @app.command()
 def run(
-    host: Annotated[str | None, typer.Option(help="Web bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Web port.")] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="Web bind address.")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Web port.")] = None,
 ) -> None:
     """Worker, web server and scheduler in one process (migrates the schema first)."""
     settings = load()
@@ -85,6 +127,11 @@ def run(
     async def body(services: Services, found: Stores) -> None:
         sock = listen(*address, WEB_ADDRESS)
         await upgrade(services.engine, found.database_url)
+        if not await has_users(services):
+            log.warning(
+                "no user yet: run 'cocov-jobs tokens create' for a token to log in to the"
+                " dashboard with"
+            )
         worker = Worker(services)
         worker.install_signal_handlers()
         server = make_server(create_app(services, expect_worker=True), *address)
@@ -99,19 +146,21 @@ def run(
 @app.command()
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Parallel jobs per process.")
+        int | None, typer.Option(min=1, metavar="N", help="Jobs run in parallel per process.")
     ] = None,
     processes: Annotated[
         int | None,
         typer.Option(
             min=0,
+            metavar="N",
             help="Worker processes under one supervisor (0: one per core).",
         ),
     ] = None,
     burst: Annotated[
         bool,
         typer.Option(
-            "--burst", help="Exit once no job is running or due within BURST_HORIZON seconds."
+            "--burst",
+            help=f"Exit once no job is running or due within {BURST_HORIZON:.0f} seconds.",
         ),
     ] = False,
     child: Annotated[bool, typer.Option("--child", hidden=True)] = False,
@@ -128,8 +177,7 @@ def worker(
 
     async def body(services: Services, found: Stores) -> None:
         sock = None if burst or child else listen(*address, PROBE_ADDRESS)
-        if found.embedded:
-            await upgrade(services.engine, found.database_url)
+        await migrate_embedded(services, found)
         w = Worker(
             services,
             concurrency=concurrency,
@@ -150,8 +198,7 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
 
     async def body(services: Services, found: Stores) -> int:
         sock = None if burst else listen(*address, PROBE_ADDRESS)
-        if found.embedded:
-            await upgrade(services.engine, found.database_url)
+        await migrate_embedded(services, found)
         supervisor = Supervisor(
             child_argv(concurrency, burst),
             child_env(found.database_url, found.redis_url, found.redis_cache_url),
@@ -180,18 +227,17 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
 
 @app.command()
 def web(
-    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    host: Annotated[str | None, typer.Option(metavar="HOST", help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Port.")] = None,
 ) -> None:
-    """Serve HTTP only (webhooks, uploads, API, probes)."""
+    """Serve HTTP only (webhooks, uploads, API, dashboard, metrics, probes)."""
     settings = load()
 
     address = (host or settings.web_host, port if port is not None else settings.web_port)
 
     async def body(services: Services, found: Stores) -> None:
         sock = listen(*address, WEB_ADDRESS)
-        if found.embedded:
-            await upgrade(services.engine, found.database_url)
+        await migrate_embedded(services, found)
         app_ = create_app(services)
         server = uvicorn.Server(server_config(app_, host=address[0], port=address[1]))
         await server.serve(sockets=[sock])
@@ -214,19 +260,30 @@ def db_upgrade() -> None:
 # Jobs ----------------------------------------------------------------------------------------
 
 
-@app.command("enqueue", context_settings={"ignore_unknown_options": True})
+def _jobs_epilog() -> str:
+    """Every job with its arguments, one per line (click keeps a paragraph opened by \\b as is)."""
+    definitions = sorted(jobs.registry(), key=lambda d: d.cli_name)
+    width = max(len(d.usage()) for d in definitions)
+    lines = [f"  {d.usage():{width}}  {d.description.replace('``', '')}" for d in definitions]
+    return "\b\nJobs and their arguments:\n" + "\n".join(lines)
+
+
+@app.command("enqueue", context_settings={"ignore_unknown_options": True}, epilog=_jobs_epilog())
 def enqueue(
-    job_name: Annotated[str, typer.Argument(metavar="JOB", help="Job name, e.g. process-commit.")],
-    args: Annotated[list[str] | None, typer.Argument(metavar="[ARGS]...")] = None,
+    job_name: Annotated[str, typer.Argument(metavar="JOB", hidden=True)],
+    args: Annotated[list[str] | None, typer.Argument(metavar="ARGS", hidden=True)] = None,
     data_file: Annotated[
         Path | None,
         typer.Option(
             "--data-file",
-            help="process-coverage REPO_ID SHA: the upload (reporter body or bare data map).",
+            metavar="FILE",
+            help="With process-coverage REPO_ID SHA: the upload (the reporter's body or the bare"
+            " data map).",
         ),
     ] = None,
 ) -> None:
-    """Enqueue a job and print its id."""
+    """Enqueue job JOB with its arguments ARGS, in order, and print its id. JOB is a job's name
+    as listed below, its task name (process_commit) or Ruby class name (ProcessCommitJob)."""
     try:
         definition = jobs.registry().resolve(job_name)
         if data_file is not None:
@@ -271,23 +328,77 @@ def _enqueue_upload(name: str, args: list[str], path: Path) -> None:
         typer.echo(stored.job_id)
 
 
+def _time_option(value: str | None) -> datetime | None:
+    try:
+        return parse_utc(value) if value else None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _history_option(metavar: str, what: str) -> Any:
+    """An option of ``jobs list --state finished`` only: runs that match ``what``."""
+    return typer.Option(metavar=metavar, help=f"With --state {FINISHED}: only runs {what}")
+
+
 @jobs_app.command("list")
 def jobs_list(
-    state: Annotated[str | None, typer.Option(help=", ".join(admin.STATES) + ".")] = None,
-    job: Annotated[str | None, typer.Option(help="Only this job.")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = admin.PAGE_SIZE,
-    before: Annotated[int | None, typer.Option(help="Only ids below this (next page).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help=f"{', '.join(admin.STATES)}, or {FINISHED} (runs from the job history).",
+        ),
+    ] = None,
+    job: Annotated[str | None, typer.Option(metavar="NAME", help="Only this job.")] = None,
+    outcome: Annotated[
+        str | None, _history_option("OUTCOME", f"that ended {', '.join(history.OUTCOMES)}.")
+    ] = None,
+    since: Annotated[
+        str | None, _history_option("TIME", "finished at or after TIME (UTC, 2026-12-01 14:00).")
+    ] = None,
+    until: Annotated[str | None, _history_option("TIME", "finished before TIME (UTC).")] = None,
+    argument: Annotated[
+        str | None,
+        _history_option("VALUE", "with an argument equal to VALUE (NAME=VALUE: that one)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="Rows shown.")] = admin.PAGE_SIZE,
+    before: Annotated[
+        int | None,
+        typer.Option(
+            metavar="ID",
+            help=f"The next page: jobs with an id below ID ({FINISHED}: runs after run ID).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Jobs waiting, running and failed: id, job, arguments, state, attempts, last error."""
-    if state is not None and state not in admin.STATES:
-        raise fail(f"unknown state {state!r}; one of {', '.join(admin.STATES)}")
-    if job:
-        try:  # unknown names are a usage error before touching the stores
-            jobs.registry().resolve(job)
-        except UnknownJobError as exc:
-            raise fail(str(exc)) from None
+    """Jobs waiting, running and failed (id, job, arguments, state, attempts, who enqueued it,
+    last error), or finished runs from the job history."""
+    if state is not None and state not in (*admin.STATES, FINISHED):
+        raise fail(f"unknown state {state!r}; one of {', '.join((*admin.STATES, FINISHED))}")
+    if state != FINISHED and (outcome or since or until or argument):
+        raise fail(f"--outcome, --since, --until and --argument need --state {FINISHED}")
+    try:  # wrong names are a usage error before touching the stores
+        name = jobs.registry().resolve(job).name if job else None
+        runs = history.RunFilter(
+            job=name,
+            outcome=outcome,
+            since=_time_option(since),
+            until=_time_option(until),
+            argument=argument,
+        )
+    except (UnknownJobError, ValueError) as exc:
+        raise fail(str(exc)) from None
     settings = load()
+    if state == FINISHED:
+        finished = run_with_services(
+            settings, lambda s: history.list_runs(s, runs, before=before, limit=limit)
+        )
+        if as_json:
+            for run in finished:
+                typer.echo(json.dumps(run.as_json()))
+        else:
+            console.print(runs_table(finished))
+        return
     rows = run_with_services(
         settings,
         lambda s: admin.list_jobs(s, state=state, job=job, before=before, limit=limit),
@@ -296,51 +407,45 @@ def jobs_list(
         for r in rows:
             typer.echo(json.dumps(r.as_json()))
         return
-    table = Table("id", "job", "arguments", "state", "attempts", "worker", "last error")
-    for r in rows:
-        table.add_row(
-            str(r.id),
-            r.job,
-            json.dumps(r.arguments),
-            r.state,
-            str(r.attempts),
-            r.worker or "",
-            r.error_text[:120],
-        )
-    console.print(table)
+    console.print(queue_table(rows))
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
-    """One job: arguments, state, attempts and its whole history with tracebacks."""
+def jobs_show(job_id: Annotated[int, typer.Argument(metavar="ID", hidden=True)]) -> None:
+    """One job (ID): name, arguments, who enqueued it, state, its runs and its state changes with
+    their tracebacks."""
     detail = run_with_services(load(), lambda s: admin.show_job(s, job_id))
     if detail is None:
         raise fail(f"no job {job_id}", 1)
+    # Data is printed as text, never as rich markup (an argument could read "[/bold]").
+    console.print(
+        f"job {job_id} {detail.job or ''} {json.dumps(detail.arguments)}",
+        markup=False,
+        highlight=False,
+    )
+    facts = [f"state {detail.state}", f"enqueued by {detail.enqueued_by or 'unknown'}"]
     if detail.row is not None:
-        r = detail.row
-        console.print(f"[bold]job {r.id}[/bold] {r.job} {json.dumps(r.arguments)}")
-        console.print(f"state {r.state}, attempts {r.attempts}, due {r.execute_after:%c}")
-    else:
-        console.print(f"[bold]job {job_id}[/bold] finished (history only)")
-    console.print(f"enqueued by {detail.enqueued_by or 'unknown'}", markup=False)
-    table = Table("at", "status", "error")
+        facts += [f"attempts {detail.row.attempts}", f"due {utc_text(detail.row.execute_after)}"]
+    console.print(", ".join(facts), markup=False, highlight=False)
+    console.print(runs_table(detail.runs, with_job=False))
+    table = Table("at", "status", "error", title="State changes")
     for h in detail.history:
         tb = h["traceback"] or {}
         error = f"{tb.get('exception_type', '')}: {tb.get('exception_message', '')}" if tb else ""
-        table.add_row(f"{h['created']:%Y-%m-%d %H:%M:%S}", h["status"], error)
+        plain_row(table, utc_text(h["created"]), h["status"], error)
     console.print(table)
     for h in detail.history:
         if h["traceback"] and h["traceback"].get("traceback"):
-            console.print(f"[bold]{h['created']:%H:%M:%S} {h['status']}[/bold]")
+            console.print(f"[bold]{utc_text(h['created'])} {h['status']}[/bold]")
             console.print(h["traceback"]["traceback"], markup=False, highlight=False)
 
 
 @jobs_app.command("retry")
 def jobs_retry(
-    job_id: Annotated[int | None, typer.Argument(metavar="[ID]")] = None,
+    job_id: Annotated[int | None, typer.Argument(metavar="[ID]", hidden=True)] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job.")] = False,
 ) -> None:
-    """Put a failed job back in the queue (attempts reset), or make a waiting one due now."""
+    """Put failed job ID back in the queue (attempts reset), or make waiting job ID due now."""
     if (job_id is None) == (not all_failed):
         raise fail("give a job ID or --all-failed (not both)")
     settings = load()
@@ -355,8 +460,8 @@ def jobs_retry(
 
 
 @jobs_app.command("cancel")
-def jobs_cancel(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
-    """Cancel a waiting job (deleted) or a running one (its worker interrupts it)."""
+def jobs_cancel(job_id: Annotated[int, typer.Argument(metavar="ID", hidden=True)]) -> None:
+    """Cancel job ID: a waiting one is deleted, a running one is interrupted by its worker."""
     if not run_with_services(load(), lambda s: admin.cancel(s, job_id)):
         raise fail(f"job {job_id} is not waiting or running", 1)
     typer.echo(f"job {job_id} canceled")
@@ -364,9 +469,14 @@ def jobs_cancel(job_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
 
 @app.command()
 def stats() -> None:
-    """Jobs by state and job, runs of the last hour, workers."""
-    result = run_with_services(load(), admin.stats)
-    table = Table("job", *admin.STATES)
+    """Jobs by state and job, the last hour's runs, per-job metrics (runs, failures, duration and
+    queue wait over the last hour, day and week), workers."""
+
+    async def gather(services: Services) -> tuple[admin.Stats, list[history.Figures]]:
+        return await admin.stats(services), await history.job_metrics(services)
+
+    result, figures = run_with_services(load(), gather)
+    table = Table("job", *admin.STATES, title="Queue")
     for name, counts in sorted(result.by_job.items()):
         table.add_row(name, *(str(counts.get(s, 0)) for s in admin.STATES))
     table.add_row("[bold]total[/bold]", *(str(result.by_state[s]) for s in admin.STATES))
@@ -376,18 +486,8 @@ def stats() -> None:
         f"last hour: {result.processed_last_hour} processed, {result.failed_last_hour} failed;"
         f" oldest ready job: {f'{oldest:.1f} s' if oldest is not None else 'none'}"
     )
-    workers = Table("host", "pid", "concurrency", "running", "quiet", "heartbeat", "RSS MiB")
-    for w in result.workers:
-        workers.add_row(
-            w["host"],
-            str(w["pid"]),
-            str(w["concurrency"]),
-            str(w["running"]),
-            "yes" if w["quiet"] else "",
-            f"{w['heartbeat_at']:%H:%M:%S}" + ("" if w["alive"] else " (stale)"),
-            f"{w['rss_bytes'] / 2**20:.0f}",
-        )
-    console.print(workers)
+    console.print(metrics_table(figures))
+    console.print(workers_table(result.workers))
 
 
 @app.command()
@@ -405,11 +505,17 @@ def quiet() -> None:
 def demo_command(
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Stores, clones and log of the demo [default: $COCOV_DATA_DIR/demo]."),
+        typer.Option(
+            metavar="DIR",
+            help="Stores, clones and log of the demo [default: $COCOV_DATA_DIR/demo].",
+        ),
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="Dashboard port [default: COCOV_WEB_PORT, or a free one if taken]."),
+        typer.Option(
+            metavar="PORT",
+            help="Dashboard port [default: COCOV_WEB_PORT, or a free one if taken].",
+        ),
     ] = None,
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="Keep the dashboard running afterwards.")

@@ -17,6 +17,7 @@ from cocov_jobs.services import Services
 from cocov_jobs.sidekiq import leftovers
 from cocov_jobs.sidekiq.payload import CoverageUpload, JobRequest
 from cocov_jobs.sidekiq.store import Entry
+from cocov_jobs.times import utc_text
 
 sidekiq_app = typer.Typer(no_args_is_help=True, help="Cocov's Sidekiq, being replaced.")
 
@@ -79,4 +80,4 @@ def _when(entry: Entry) -> str:
         return "held as failed"
     if entry.run_at is None:
         return "now"
-    return f"{datetime.fromtimestamp(entry.run_at, UTC):%Y-%m-%d %H:%M:%S} UTC"
+    return utc_text(datetime.fromtimestamp(entry.run_at, UTC))

@@ -19,9 +19,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Double,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -33,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import CITEXT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.expression import text
 
 
 def utc_now() -> ColumnElement[datetime]:
@@ -609,3 +612,44 @@ class JobOrigin(OwnBase):
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
     __table_args__ = (Index("cocov_jobs_job_origins_created_at", "created_at"),)
+
+
+class JobRun(OwnBase):
+    """One finished run of a job (the job history; see :mod:`cocov_jobs.engine.history`)."""
+
+    __tablename__ = "cocov_jobs_runs"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    job: Mapped[str] = mapped_column(Text, nullable=False)
+    arguments: Mapped[dict[str, object]] = mapped_column(JSONB, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration: Mapped[float] = mapped_column(
+        Double, Computed("date_part('epoch', finished_at - started_at)", persisted=True)
+    )
+    wait: Mapped[float] = mapped_column(
+        Double, Computed("greatest(0, date_part('epoch', started_at - due_at))", persisted=True)
+    )
+    __table_args__ = (
+        Index(
+            "cocov_jobs_runs_finished", "finished_at", "id", postgresql_include=["job", "outcome"]
+        ),
+        Index(
+            "cocov_jobs_runs_job",
+            "job",
+            "finished_at",
+            "id",
+            postgresql_include=["outcome", "duration", "wait"],
+        ),
+        Index("cocov_jobs_runs_outcome", "outcome", "finished_at", "id"),
+        Index("cocov_jobs_runs_job_id", "job_id"),
+        Index("cocov_jobs_runs_arguments", "arguments", postgresql_using="gin"),
+        Index("cocov_jobs_runs_repository_id", text("(arguments -> 'repository_id')")),
+        Index("cocov_jobs_runs_commit_id", text("(arguments -> 'commit_id')")),
+    )

@@ -12,7 +12,8 @@ A row of PgQueuer's ``pgqueuer`` table is shown in one of five states:
 * ``running`` — ``status = 'picked'``;
 * ``failed`` — held after a permanent error or the last attempt.
 
-Finished jobs leave the table; their history stays in ``pgqueuer_log``.
+Finished jobs leave the table; their runs stay in the job history
+(:mod:`~cocov_jobs.engine.history`) and their state changes in ``pgqueuer_log``.
 
 Actions
 =======
@@ -31,8 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +41,7 @@ from pgqueuer.queries import Queries
 from pgqueuer.types import JobId
 
 from cocov_jobs.engine import queue
+from cocov_jobs.engine.history import RunRow, job_runs
 from cocov_jobs.services import Services
 
 #: The states a listed job can be in (see the module docstring).
@@ -71,9 +71,10 @@ _LAST_ERROR = """(SELECT l.traceback FROM pgqueuer_log l
 
 _LIST = f"""
 SELECT q.id, q.entrypoint, q.payload, {_STATE} AS state, q.attempts, q.execute_after,
-       q.created, q.updated, w.host, w.pid, {_LAST_ERROR} AS error
+       q.created, q.updated, w.host, w.pid, {_LAST_ERROR} AS error, o.enqueued_by
 FROM pgqueuer q
 LEFT JOIN cocov_jobs_workers w ON q.status = 'picked' AND w.id = q.queue_manager_id::text
+LEFT JOIN cocov_jobs_job_origins o ON o.job_id = q.id
 WHERE {{filter}} AND ($1::text IS NULL OR q.entrypoint = $1) AND ($2::bigint IS NULL OR q.id < $2)
 ORDER BY q.id DESC
 LIMIT $3
@@ -160,6 +161,7 @@ class JobRow:
     updated: datetime
     worker: str | None
     error: dict[str, Any] | None
+    enqueued_by: str | None
 
     @property
     def error_text(self) -> str:
@@ -175,19 +177,44 @@ class JobRow:
             "arguments": self.arguments,
             "state": self.state,
             "attempts": self.attempts,
+            "enqueued_by": self.enqueued_by,
             "error": self.error_text or None,
         }
 
 
 @dataclass(frozen=True)
 class JobDetail:
-    """One job: its row (``None`` once finished), its whole log history and what enqueued it
-    (see :mod:`cocov_jobs.engine.queue`; ``None`` when not recorded)."""
+    """One job: its row (``None`` once finished), its runs, its whole log history and what
+    enqueued it (see :mod:`cocov_jobs.engine.queue`; ``None`` when not recorded)."""
 
     id: int
     row: JobRow | None
     history: list[dict[str, Any]]
+    runs: list[RunRow]
     enqueued_by: str | None = None
+
+    @property
+    def job(self) -> str | None:
+        """The job's name (``None`` only when no run or row remains)."""
+        if self.row is not None:
+            return self.row.job
+        return self.runs[-1].job if self.runs else None
+
+    @property
+    def arguments(self) -> dict[str, Any] | None:
+        if self.row is not None:
+            return self.row.arguments
+        return self.runs[-1].arguments if self.runs else None
+
+    @property
+    def state(self) -> str:
+        """The queue state while in the queue, else ``finished: <outcome of the last run>``
+        (or the last log status of a job that never ran: ``canceled``, ``deleted``)."""
+        if self.row is not None:
+            return self.row.state
+        if self.runs:
+            return f"finished: {self.runs[-1].outcome}"
+        return f"finished: {self.history[-1]['status']}" if self.history else "finished"
 
 
 @dataclass(frozen=True)
@@ -223,14 +250,6 @@ class Stats:
         return sum(1 for w in self.workers if w["alive"])
 
 
-@asynccontextmanager
-async def _connection(services: Services) -> AsyncIterator[Any]:
-    """The asyncpg connection under one pooled SQLAlchemy connection (autocommit statements)."""
-    async with services.engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        yield raw.driver_connection
-
-
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
@@ -247,6 +266,7 @@ def _job_row(r: Any) -> JobRow:
         updated=r["updated"],
         worker=f"{r['host']}:{r['pid']}" if r["host"] else None,
         error=_json(r["error"]),
+        enqueued_by=r["enqueued_by"],
     )
 
 
@@ -262,7 +282,7 @@ async def list_jobs(
     if state not in _STATE_FILTER:
         raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
     entrypoint = services.registry.resolve(job).name if job else None
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         rows = await conn.fetch(
             _LIST.format(filter=_STATE_FILTER[state]), entrypoint, before, limit
         )
@@ -270,23 +290,24 @@ async def list_jobs(
 
 
 async def show_job(services: Services, job_id: int) -> JobDetail | None:
-    """The job and its log history; ``None`` when it never existed."""
-    async with _connection(services) as conn:
+    """The job, its runs and its log history; ``None`` when none of them is left."""
+    async with services.raw_connection() as conn:
         rows = await conn.fetch(_LIST.format(filter="q.id = $4"), None, None, 1, job_id)
         history = [
             {**dict(h), "traceback": _json(h["traceback"])}
             for h in await conn.fetch(_HISTORY, job_id)
         ]
         origin = await conn.fetchval(_ORIGIN, job_id)
-    if not rows and not history:
+    runs = await job_runs(services, job_id)
+    if not rows and not history and not runs:
         return None
     row = _job_row(rows[0]) if rows else None
-    return JobDetail(id=job_id, row=row, history=history, enqueued_by=origin)
+    return JobDetail(id=job_id, row=row, history=history, runs=runs, enqueued_by=origin)
 
 
 async def depth(services: Services) -> Depth:
     """Queue depth by state, oldest ready job age and live workers (one query)."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         r = await conn.fetchrow(_DEPTH)
     oldest = r["oldest"]
     return Depth(
@@ -297,7 +318,7 @@ async def depth(services: Services) -> Depth:
 
 
 async def _counts(services: Services) -> dict[str, dict[str, int]]:
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         counts = await conn.fetch(_COUNTS)
     by_job: dict[str, dict[str, int]] = {}
     for r in counts:
@@ -327,18 +348,18 @@ async def stats(services: Services) -> Stats:
 
 async def history(services: Services, unit: str, span: timedelta) -> list[dict[str, Any]]:
     """Processed and failed runs per ``unit`` (``minute``/``hour``) over the last ``span``."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         return [dict(r) for r in await conn.fetch(_HISTOGRAM, unit, span)]
 
 
 async def workers(services: Services) -> list[dict[str, Any]]:
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         return [dict(w) for w in await conn.fetch(_WORKERS)]
 
 
 async def schedules(services: Services) -> list[dict[str, Any]]:
     """Periodic schedules with their last and next run."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         return [dict(s) for s in await conn.fetch(_SCHEDULES)]
 
 
@@ -349,7 +370,7 @@ async def _status(conn: Any, job_id: int) -> str | None:
 
 async def retry(services: Services, job_id: int) -> bool:
     """Failed: back in the queue, attempts reset. Waiting: due now. False when neither."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         status = await _status(conn, job_id)
         if status == "failed":
             await Queries(AsyncpgDriver(conn)).requeue_jobs([JobId(job_id)])
@@ -359,7 +380,7 @@ async def retry(services: Services, job_id: int) -> bool:
 
 async def retry_all_failed(services: Services) -> int:
     """Put every failed job back in the queue; return how many."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM pgqueuer WHERE status='failed'")]
         if ids:
             await Queries(AsyncpgDriver(conn)).requeue_jobs(ids)
@@ -368,7 +389,7 @@ async def retry_all_failed(services: Services) -> int:
 
 async def cancel(services: Services, job_id: int) -> bool:
     """Cancel a waiting or running job (see the module docstring); False for others."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         if await _status(conn, job_id) not in ("queued", "picked"):
             return False
         await Queries(AsyncpgDriver(conn)).mark_job_as_cancelled([JobId(job_id)])
@@ -377,7 +398,7 @@ async def cancel(services: Services, job_id: int) -> bool:
 
 async def delete(services: Services, job_id: int) -> bool:
     """Delete a job that is not running, with a ``deleted`` log row."""
-    async with _connection(services) as conn:
+    async with services.raw_connection() as conn:
         return bool(await conn.execute(_DELETE, job_id) == "INSERT 0 1")
 
 

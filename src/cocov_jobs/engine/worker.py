@@ -21,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import resource
 import signal
 import socket
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import structlog
@@ -38,7 +40,7 @@ from pgqueuer.queries import Queries
 from pgqueuer.types import JOB_STATUS
 
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.engine import metrics
+from cocov_jobs.engine import history, metrics
 from cocov_jobs.engine.context import JobContext, RetryJob, execute, keep_connection_state
 from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
 from cocov_jobs.engine.schedules import run_periodic
@@ -88,16 +90,40 @@ WHERE (status = 'queued' AND execute_after <= NOW() + $1::interval) OR status = 
 """
 
 
+@functools.lru_cache(maxsize=8)
+def _recording(statement: str) -> str:
+    return history.recording_runs(statement)
+
+
+def _traceback(record: TracebackRecord | None) -> str | None:
+    """PgQueuer's traceback record as the JSON its log table stores (no NUL: see
+    :func:`~cocov_jobs.engine.history.storable`)."""
+    return history.storable(record.model_dump_json()) if record is not None else None
+
+
+#: Errors of the history's part of a statement (a value PostgreSQL refuses, the table missing on
+#: a database not yet upgraded): the statement is sent again without it, so the job history can
+#: never hold up the queue. Connection errors are not among them (PgQueuer retries those).
+_HISTORY_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.SyntaxOrAccessError,
+)
+
+
 @dataclasses.dataclass
 class _Queries(Queries):
-    """PgQueuer's queries, with re-queues that do not use up an attempt, and every error they
-    store masked by ``redact`` (no secret in ``pgqueuer_log.traceback``; :mod:`cocov_jobs.logs`).
+    """PgQueuer's queries, recording each run in the job history (:mod:`~cocov_jobs.engine.history`)
+    in the statement that ends it, with re-queues that do not use up an attempt, and every error
+    they store masked by ``redact`` (no secret in ``pgqueuer_log.traceback`` nor in a run's error;
+    :mod:`cocov_jobs.logs`).
 
-    ``uncounted`` holds the ids of jobs whose retry decision was not counted (the worker adds
-    them when a run ends with such a decision; PgQueuer passes us only the job).
+    ``runs`` holds this worker's runs by job id: the worker adds a run when it starts and fills
+    in its end; PgQueuer passes us only the job.
     """
 
-    uncounted: set[int] = dataclasses.field(default_factory=set)
+    runs: dict[int, history.Run] = dataclasses.field(default_factory=dict)
+    worker: str = ""
     redact: Redactor = dataclasses.field(default_factory=Redactor)
 
     def _masked(self, record: TracebackRecord | None) -> TracebackRecord | None:
@@ -117,37 +143,63 @@ class _Queries(Queries):
             }
         )
 
+    def _run(self, job: Job) -> history.Run:
+        # A job canceled before its run started has no run yet: it ends now, here.
+        return self.runs.get(job.id) or history.Run(job, self.worker)
+
+    async def _execute_recording(
+        self, statement: str, args: list[Any], runs: list[tuple[Any, ...]]
+    ) -> None:
+        """``statement`` with ``args``, recording ``runs`` in it; without them on a
+        :data:`_HISTORY_ERRORS` error (logged)."""
+        try:
+            await self.driver.execute(_recording(statement), *args, *history.run_parameters(runs))
+        except _HISTORY_ERRORS as exc:
+            log.warning("job runs not recorded in the history", runs=len(runs), error=repr(exc))
+            await self.driver.execute(statement, *args)
+
     async def log_jobs(
         self, job_status: list[tuple[Job, JOB_STATUS, TracebackRecord | None]]
     ) -> None:
-        await super().log_jobs([(job, status, self._masked(tb)) for job, status, tb in job_status])
+        """PgQueuer's finish (batched), with the runs it ends."""
+        await self._execute_recording(
+            self.qbq.build_log_job_query(),
+            [
+                [job.id for job, _, _ in job_status],
+                [status for _, status, _ in job_status],
+                [_traceback(self._masked(tb)) for _, _, tb in job_status],
+            ],
+            [
+                self._run(job).row(history.FINAL_OUTCOMES[status], self.redact)
+                for job, status, _ in job_status
+            ],
+        )
+        for job, _, _ in job_status:
+            self.runs.pop(job.id, None)
 
     async def retry_job(
         self, job: Job, delay: timedelta, traceback_record: TracebackRecord | None
     ) -> None:
-        """Re-queue ``job``; when PostgreSQL cannot be reached, leave it picked.
+        """Re-queue ``job`` with its run; when PostgreSQL cannot be reached, leave it picked.
 
         PgQueuer holds a job as failed when this raises, which would end a job that only
         needed a retry. Left picked, its heartbeat goes stale and any worker picks it again
         (at least once, as for a killed worker).
         """
-        traceback_record = self._masked(traceback_record)
+        run = self._run(job)
+        statement = self.qbq.build_retry_job_query() if run.counted else _REQUEUE_NOT_COUNTED
         try:
-            if job.id in self.uncounted:
-                await self.driver.execute(
-                    _REQUEUE_NOT_COUNTED,
-                    job.id,
-                    delay,
-                    traceback_record.model_dump_json() if traceback_record else None,
-                )
-            else:
-                await super().retry_job(job, delay, traceback_record)
+            await self._execute_recording(
+                statement,
+                [job.id, delay, _traceback(self._masked(traceback_record))],
+                [run.row(run.outcome or "retried", self.redact)],
+            )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "retry not recorded; the job will be picked again", job_id=job.id, error=repr(exc)
             )
         finally:
-            self.uncounted.discard(job.id)
+            self.runs.pop(job.id, None)
 
 
 class Worker:
@@ -173,6 +225,8 @@ class Worker:
         self.shutdown_timeout = settings.shutdown_timeout
         self.heartbeat_timeout = timedelta(seconds=settings.heartbeat_timeout)
         self.id = str(uuid.uuid4())
+        #: How the job history names this worker.
+        self.label = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = asyncio.Event()
         self._quiet = False
         self._interrupting = False
@@ -181,8 +235,8 @@ class Worker:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._pool: asyncpg.Pool | None = None
         self._qm: QueueManager | None = None
-        #: Jobs whose current run ended with a retry that uses no attempt (see ``_Queries``).
-        self._uncounted: set[int] = set()
+        #: This worker's runs by job id, until their end is recorded (see ``_Queries``).
+        self._runs: dict[int, history.Run] = {}
         self._redact = Redactor(settings.secret_values())
 
     # Control -----------------------------------------------------------------------------------
@@ -252,10 +306,14 @@ class Worker:
     def _queue_manager(self) -> QueueManager:
         """A PgQueuer queue manager on our pool with every job registered."""
         assert self._pool is not None
-        queries = _Queries(
-            AsyncpgPoolDriver(self._pool), uncounted=self._uncounted, redact=self._redact
+        qm = QueueManager(
+            _Queries(
+                AsyncpgPoolDriver(self._pool),
+                runs=self._runs,
+                worker=self.label,
+                redact=self._redact,
+            )
         )
-        qm = QueueManager(queries)
         for definition in self.services.registry:
             qm.entrypoint(definition.name, on_failure="hold", accepts_context=False)(self._entry)
         self._qm = qm
@@ -321,7 +379,8 @@ class Worker:
         await asyncio.wait({qm_task}, timeout=10)
 
     async def _entry(self, job: Job) -> None:
-        inner = asyncio.create_task(self._execute(job))
+        run = self._runs[job.id] = history.Run(job, self.label)
+        inner = asyncio.create_task(self._execute(job, run))
         self._running[job.id] = inner
         # `jobs cancel` NOTIFYs; PgQueuer cancels this scope, and with it the run.
         scope = self._qm.get_context(job.id).cancellation if self._qm else contextlib.nullcontext()
@@ -329,22 +388,29 @@ class Worker:
             with scope:
                 await inner
         except RetryJob as retry:
-            if not retry.decision.counted:
-                self._uncounted.add(job.id)
+            decision = retry.decision
+            run.finish("retried" if decision.counted else "deferred", decision.reason)
             raise
         except asyncio.CancelledError:
             if inner.cancelled() and self._interrupting:
-                self._uncounted.add(job.id)
+                run.finish("interrupted", INTERRUPTED.reason)
                 raise RetryJob(INTERRUPTED) from None
+            run.finish()
             raise
+        except Exception as exc:
+            run.finish(error=history.error_text(exc))
+            raise
+        else:
+            run.finish()
         finally:
             self._running.pop(job.id, None)
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job, run: history.Run) -> None:
         async with self._slots:
-            await self._run(job)
+            run.started_at = datetime.now(UTC)
+            await self._run(job, run)
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, run: history.Run) -> None:
         assert self._pool is not None
         definition = self.services.registry.resolve(job.entrypoint)
         try:
@@ -353,6 +419,7 @@ class Worker:
                 raise ValueError("payload is not a JSON object")
         except ValueError as exc:
             raise PermanentError(f"malformed job payload: {exc}") from None
+        run.arguments = history.history_arguments(job.payload or b"{}", args)
         # Every log line of the run names the job and the records it works on (``*_id`` args).
         fields = {k: v for k, v in args.items() if k.endswith("_id")}
         fields.update(job=definition.name, job_id=job.id, attempt=job.attempts + 1)

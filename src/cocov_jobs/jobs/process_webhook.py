@@ -20,7 +20,10 @@ from cocov_jobs.github_events import apply_event
 async def process_webhook(
     ctx: JobContext, delivery_id: str, event: str, payload: dict[str, Any]
 ) -> None:
-    """Apply a recorded GitHub delivery's effects (handler table: docs/architecture.md §6.10)."""
+    """Apply a recorded GitHub delivery's effects (retried until they are all written).
+
+    The handler table: docs/architecture.md §6.10.
+    """
     async with ctx.db.begin() as session:
         effects = await apply_event(session, ctx.redis, event, payload, delivery_id)
     await effects.after_commit()

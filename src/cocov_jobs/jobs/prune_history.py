@@ -27,21 +27,25 @@ _JOB_LOG = text(
     """
 )
 
-# What enqueued each job, once the job's history is gone too.
+# The job history (one row per run), bounded by the same retention; runs go first, so the origins
+# below see which jobs still have one.
+_RUNS = text("DELETE FROM cocov_jobs_runs WHERE finished_at < now() - make_interval(days => :d)")
+# What enqueued each job, once the job's history (log rows and runs) is gone too.
 _ORIGINS = text(
     """
     DELETE FROM cocov_jobs_job_origins o
     WHERE o.created_at < now() - make_interval(days => :d)
       AND NOT EXISTS (SELECT 1 FROM pgqueuer q WHERE q.id = o.job_id)
       AND NOT EXISTS (SELECT 1 FROM pgqueuer_log l WHERE l.job_id = o.job_id)
+      AND NOT EXISTS (SELECT 1 FROM cocov_jobs_runs r WHERE r.job_id = o.job_id)
     """
 )
 
 
 @job(lock="prune-history", dedupe="", every=lambda s: s.prune_minutes, internal=True)
 async def prune_history(ctx: JobContext) -> None:
-    """Delete webhook deliveries, taken Sidekiq keys, finished jobs' log rows and their origins
-    older than the retention.
+    """Delete webhook deliveries, taken Sidekiq keys, finished jobs' log rows, job runs and the
+    jobs' origins older than the retention.
 
     ``COCOV_HISTORY_RETENTION_DAYS`` (14) days; runs every ``COCOV_PRUNE_MINUTES`` (1440).
     """
@@ -50,12 +54,14 @@ async def prune_history(ctx: JobContext) -> None:
         deliveries = (await session.execute(_DELIVERIES, {"d": days})).rowcount  # type: ignore[attr-defined]
         taken = (await session.execute(_SIDEKIQ_TAKEN, {"d": days})).rowcount  # type: ignore[attr-defined]
         logs = (await session.execute(_JOB_LOG, {"d": days})).rowcount  # type: ignore[attr-defined]
+        runs = (await session.execute(_RUNS, {"d": days})).rowcount  # type: ignore[attr-defined]
         origins = (await session.execute(_ORIGINS, {"d": days})).rowcount  # type: ignore[attr-defined]
     ctx.log.info(
         "history pruned",
         deliveries=deliveries,
         sidekiq_keys=taken,
         job_log_rows=logs,
+        runs=runs,
         job_origins=origins,
         days=days,
     )

@@ -62,7 +62,7 @@ def _every(settings: Settings) -> int:
 
 @job(lock="organization-repos", dedupe="organization", every=_every)
 async def update_organization_repos(ctx: JobContext) -> None:
-    """List and cache the organization's repositories (Cocov's db1 keys, see module docstring)."""
+    """List and cache the organization's repositories in the cache Redis, where Cocov reads them."""
     cache = ctx.services.cache_redis
     try:
         await _refresh(ctx, cache)

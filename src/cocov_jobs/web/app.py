@@ -22,7 +22,7 @@ def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
     """The web app; ``expect_worker`` makes readiness require a live worker heartbeat."""
     app = Starlette(
         routes=[*probes.routes, *webhooks.routes, *reports.routes, *api.routes],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, 404: dashboard.not_found},
         middleware=[Middleware(metrics.RequestCounter), Middleware(SecurityHeaders)],
     )
     app.router.routes.extend([*metrics.routes, *dashboard.routes])

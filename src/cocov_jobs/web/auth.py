@@ -38,6 +38,11 @@ class ServiceCaller:
     token_id: int
     owner_id: int
 
+    @property
+    def source(self) -> str:
+        """How the job history names this caller as the one who enqueued a job."""
+        return f"token:{self.token_id}"
+
 
 def credentials(request: Request, scheme: str) -> str:
     """The token after ``scheme`` in the ``Authorization`` header, else a 401."""

@@ -12,31 +12,36 @@ token, ended by logging out). Each POST form carries the session's CSRF token; t
 submit). Requests authenticated by the bearer header need none (no ambient credential).
 
 Pages: overview (runs per minute as an SVG chart, queue sizes, oldest ready job, workers, the
-Sidekiq intake's backlog when one is configured),
-one list per state (keyset pages of :data:`~cocov_jobs.engine.admin.PAGE_SIZE`), a job's history,
-periodic schedules, workers. Actions: retry, cancel, delete, retry all failed, run a periodic
-job now.
+Sidekiq intake's backlog when one is configured), one list per state (keyset pages of
+:data:`~cocov_jobs.engine.admin.PAGE_SIZE`), finished runs from the job history (filters: job,
+outcome, time range, an argument value), a job (its row, runs and log history), per-job
+metrics, repositories (one repository's commits, held uploads and recent runs), periodic
+schedules, workers; any other path is a "not found" page in the layout. Actions: retry, cancel,
+delete, retry all failed, run a periodic job now. Times are in UTC (:mod:`cocov_jobs.times`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from cocov_jobs.engine import admin
+from cocov_jobs.engine import admin, history
 from cocov_jobs.engine.queue import enqueued_by
-from cocov_jobs.engine.registry import fits_bigint
+from cocov_jobs.engine.registry import UnknownJobError, fits_bigint
+from cocov_jobs.repository_status import repositories, repository_status
 from cocov_jobs.services import Services
 from cocov_jobs.sidekiq.intake import IntakeStatus, current_status
+from cocov_jobs.times import duration_text, parse_utc, utc_text
 from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.body import spool_body
 from cocov_jobs.web.chart import runs_chart
@@ -59,6 +64,7 @@ PREFIX = COOKIE_PATH
 MAX_FORM_BYTES = 64 * 1024
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters.update(utc=utc_text, duration=duration_text)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -136,11 +142,16 @@ async def _check_csrf(request: Request) -> None:
         raise HTTPException(403, "CSRF token missing or wrong")
 
 
-def _render(request: Request, name: str, **context: Any) -> Response:
+def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
     context.update(csrf=_csrf(request), prefix=PREFIX, notice=request.query_params.get("notice"))
-    response = templates.TemplateResponse(request, name, context)
+    response = templates.TemplateResponse(request, name, context, status_code=status)
     _set_csrf_cookie(request, response)
     return response
+
+
+def _not_found(request: Request, message: str) -> Response:
+    """A 404 in the dashboard's layout, with its navigation and a link back to the overview."""
+    return _render(request, "not_found.html", status=404, message=message, page="missing")
 
 
 def _set_csrf_cookie(request: Request, response: Response) -> None:
@@ -214,7 +225,7 @@ async def logout(request: Request) -> Response:
 async def overview(request: Request) -> Response:
     services = _services(request)
     stats = await admin.stats(services)
-    chart = runs_chart(stats.runs)
+    chart = runs_chart(stats.runs, unit="minute")
     try:
         sidekiq: IntakeStatus | str | None = await current_status(services)
     except Exception as exc:  # the page shows the rest; the intake box says why it is empty
@@ -228,7 +239,7 @@ async def overview(request: Request) -> Response:
 async def job_list(request: Request) -> Response:
     state = request.path_params["state"]
     if state not in admin.STATES:
-        raise HTTPException(404, f"no state {state}")
+        return _not_found(request, f"There is no job state {state!r}.")
     services = _services(request)
     before = request.query_params.get("before") or None
     if before is not None and not (before.isdigit() and fits_bigint(int(before))):
@@ -253,10 +264,104 @@ def _job_id(request: Request) -> int:
 
 @page
 async def job_detail(request: Request) -> Response:
-    detail = await admin.show_job(_services(request), _job_id(request))
+    job_id = _job_id(request)
+    detail = await admin.show_job(_services(request), job_id)
     if detail is None:
-        raise HTTPException(404, "no such job")
+        return _not_found(request, f"No job {job_id}: it never existed or its history was pruned.")
     return _render(request, "job.html", detail=detail, page="job")
+
+
+#: The finished list's filter fields (query parameters).
+FINISHED_FILTERS = ("job", "outcome", "since", "until", "argument")
+
+
+def _run_filter(services: Services, query: Mapping[str, str]) -> history.RunFilter:
+    """The filter the query asks for; ``ValueError`` (a message for the page) when it is wrong."""
+    job, since, until = (query.get(name, "").strip() for name in ("job", "since", "until"))
+    try:
+        name = services.registry.resolve(job).name if job else None
+    except UnknownJobError as exc:
+        raise ValueError(str(exc)) from None
+    return history.RunFilter(
+        job=name,
+        outcome=query.get("outcome") or None,
+        since=parse_utc(since) if since else None,
+        until=parse_utc(until) if until else None,
+        argument=query.get("argument", "").strip() or None,
+    )
+
+
+@page
+async def finished(request: Request) -> Response:
+    services = _services(request)
+    query = request.query_params
+    filters = {name: query[name] for name in FINISHED_FILTERS if query.get(name)}
+    context: dict[str, Any] = {
+        "filters": filters,
+        "jobs": sorted(d.name for d in services.registry),
+        "outcomes": history.OUTCOMES,
+        "page": "finished",
+    }
+    try:
+        runs = _run_filter(services, query)
+        before = int(query["before"]) if query.get("before") else None
+        if before is not None and not fits_bigint(before):
+            raise ValueError("before must be a run id")
+    except ValueError as exc:
+        return _render(request, "finished.html", status=400, rows=[], error=str(exc), **context)
+    rows = await history.list_runs(services, runs, before=before)
+    more = urlencode({**filters, "before": rows[-1].id}) if len(rows) == history.PAGE_SIZE else None
+    return _render(request, "finished.html", rows=rows, more=more, error=None, **context)
+
+
+@page
+async def metrics(request: Request) -> Response:
+    services = _services(request)
+    figures, hourly = await asyncio.gather(
+        history.job_metrics(services), history.hourly_runs(services)
+    )
+    by_job: dict[str, list[history.Figures]] = {}
+    for figure in figures:
+        by_job.setdefault(figure.job, []).append(figure)
+    charts = {
+        job: runs_chart(buckets, unit="hour", width=360, height=50)
+        for job, buckets in hourly.items()
+    }
+    return _render(request, "metrics.html", by_job=by_job, charts=charts, page="metrics")
+
+
+@page
+async def repository_list(request: Request) -> Response:
+    search = request.query_params.get("q", "").strip()
+    rows = await repositories(_services(request), search or None)
+    return _render(request, "repositories.html", rows=rows, search=search, page="repositories")
+
+
+@page
+async def repository(request: Request) -> Response:
+    ref = request.path_params["ref"]
+    status = await repository_status(_services(request), ref)
+    if status is None:
+        return _not_found(request, f"No repository has the id or name {ref!r}.")
+    return _render(request, "repository.html", repo=status, page="repositories")
+
+
+@page
+async def _missing(request: Request) -> Response:
+    detail = request.state.missing
+    message = f"There is no page {request.url.path}." if detail == "Not Found" else detail
+    return _not_found(request, message)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """The app's 404 answer: under the dashboard, a page in its layout (after a login, as every
+    page); elsewhere the plain text answer it would have been."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if path != PREFIX and not path.startswith(f"{PREFIX}/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    request.state.missing = exc.detail
+    return await _missing(request)
 
 
 @page
@@ -313,6 +418,10 @@ routes = [
     Route(PREFIX, overview, methods=["GET"]),
     Route(f"{PREFIX}/jobs/{{job_id:int}}", job_detail, methods=["GET"]),
     Route(f"{PREFIX}/state/{{state}}", job_list, methods=["GET"]),
+    Route(f"{PREFIX}/finished", finished, methods=["GET"]),
+    Route(f"{PREFIX}/metrics", metrics, methods=["GET"]),
+    Route(f"{PREFIX}/repositories", repository_list, methods=["GET"]),
+    Route(f"{PREFIX}/repositories/{{ref}}", repository, methods=["GET"]),
     Route(f"{PREFIX}/schedules", schedules, methods=["GET"]),
     Route(f"{PREFIX}/workers", workers, methods=["GET"]),
     *(
