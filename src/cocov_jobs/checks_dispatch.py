@@ -93,7 +93,7 @@ def authorize(key: bytes, secret_id: int) -> SecretAuthorization:
     return SecretAuthorization(
         token,
         contracts.secret_auth_key(crypto.token_digest(token)),
-        crypto.secret_authorization_value(key, secret_id),
+        crypto.encrypted_id_value(key, secret_id),
     )
 
 

@@ -115,20 +115,21 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def secret_authorization_value(key: bytes, secret_id: int) -> str:
-    """The Redis value of a secret authorization: ``encode64(encrypt(str(secret_id)))``."""
-    return encode64(encrypt(key, str(secret_id).encode("ascii")))
+def encrypted_id_value(key: bytes, record_id: int) -> str:
+    """``encode64(encrypt(str(record_id)))``: how Cocov stores an id in Redis (a secret
+    authorization's secret id, a Sidekiq panel exchange token's user id)."""
+    return encode64(encrypt(key, str(record_id).encode("ascii")))
 
 
-def secret_id_from_authorization_value(key: bytes, value: str) -> int:
-    """Inverse of :func:`secret_authorization_value` (newlines in ``value`` are ignored)."""
+def id_from_encrypted_value(key: bytes, value: str) -> int:
+    """Inverse of :func:`encrypted_id_value` (newlines in ``value`` are ignored)."""
     try:
         data = binascii.a2b_base64(value.encode("ascii"))
     except (UnicodeEncodeError, binascii.Error):
-        raise CryptoError("Secret authorization value is not base64") from None
+        raise CryptoError("Encrypted id value is not base64") from None
     plaintext = decrypt(key, data)
     if not plaintext.isdigit():
-        raise CryptoError("Secret authorization value does not hold a secret id")
+        raise CryptoError("Encrypted id value does not hold an id")
     return int(plaintext)
 
 

@@ -202,7 +202,7 @@ async def test_two_checks_with_a_mounted_organization_secret(
     assert token.startswith("csa_") and len(token) == 52
     value = await redis.get(contracts.secret_auth_key(crypto.token_digest(token)))
     assert value is not None
-    assert crypto.secret_id_from_authorization_value(CRYPTO_KEY.encode(), value.decode()) == (
+    assert crypto.id_from_encrypted_value(CRYPTO_KEY.encode(), value.decode()) == (
         secret_id
     )
     assert (
@@ -239,7 +239,7 @@ async def test_repository_secret_wins_over_the_organization_one(
     [raw] = await queued_descriptors(redis)
     token = json.loads(raw)["checks"][1]["mounts"][0]["authorization"]
     value = await redis.get(contracts.secret_auth_key(crypto.token_digest(token)))
-    assert crypto.secret_id_from_authorization_value(CRYPTO_KEY.encode(), value.decode()) == own
+    assert crypto.id_from_encrypted_value(CRYPTO_KEY.encode(), value.decode()) == own
 
 
 async def test_a_new_run_keeps_the_job_id_and_pushes_again(

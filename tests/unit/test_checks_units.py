@@ -24,7 +24,7 @@ from cocov_jobs.checks_dispatch import (
     descriptor_json,
 )
 from cocov_jobs.clones import CommitRef
-from cocov_jobs.crypto import secret_id_from_authorization_value, token_digest
+from cocov_jobs.crypto import id_from_encrypted_value, token_digest
 from cocov_jobs.db.models import ErrorKind
 from cocov_jobs.manifest import InvalidManifestError, parse_manifest
 
@@ -113,7 +113,7 @@ def test_authorization_decrypts_to_the_secret_id() -> None:
     auth = authorize(KEY, 42)
     assert auth.token.startswith("csa_") and len(auth.token) == 4 + 48
     assert auth.redis_key == f"cocov:secret_auth:{token_digest(auth.token)}"
-    assert secret_id_from_authorization_value(KEY, auth.redis_value) == 42
+    assert id_from_encrypted_value(KEY, auth.redis_value) == 42
 
 
 def test_descriptor_keys_and_bytes() -> None:

@@ -16,8 +16,8 @@ from cocov_jobs.crypto import (
     encrypt,
     new_secret_authorization_token,
     new_service_token,
-    secret_authorization_value,
-    secret_id_from_authorization_value,
+    encrypted_id_value,
+    id_from_encrypted_value,
     service_token_digest,
     token_digest,
 )
@@ -111,12 +111,12 @@ def test_encode64_matches_ruby_line_format() -> None:
     assert encode64(bytes(45)) == base64.b64encode(bytes(45)).decode() + "\n"
 
 
-def test_secret_authorization_value_round_trip() -> None:
-    value = secret_authorization_value(KEY, 1234)
+def test_encrypted_id_value_round_trip() -> None:
+    value = encrypted_id_value(KEY, 1234)
     assert value.endswith("\n")
     assert value.count("\n") == 1  # 33 bytes fit on one 60-character line
     assert decrypt(KEY, base64.b64decode(value)) == b"1234"
-    assert secret_id_from_authorization_value(KEY, value) == 1234
+    assert id_from_encrypted_value(KEY, value) == 1234
 
 
 @pytest.mark.parametrize(
@@ -124,13 +124,13 @@ def test_secret_authorization_value_round_trip() -> None:
     [
         ("not base64 ü", "not base64"),
         ("QQ=", "not base64"),
-        (encode64(_encrypt_with_iv(KEY, IV, b"12a")), "does not hold a secret id"),
-        (encode64(_encrypt_with_iv(KEY, IV, b"")), "does not hold a secret id"),
+        (encode64(_encrypt_with_iv(KEY, IV, b"12a")), "does not hold an id"),
+        (encode64(_encrypt_with_iv(KEY, IV, b"")), "does not hold an id"),
     ],
 )
 def test_secret_id_from_bad_authorization_value(value: str, message: str) -> None:
     with pytest.raises(CryptoError, match=message):
-        secret_id_from_authorization_value(KEY, value)
+        id_from_encrypted_value(KEY, value)
 
 
 def test_secret_authorization_token_format() -> None:
