@@ -43,6 +43,11 @@ def secret_auth_key(token_digest: str) -> str:
     return f"cocov:secret_auth:{token_digest}"
 
 
+def sidekiq_auth_key(token_digest: str) -> str:
+    """Cocov's Sidekiq panel exchange token (60 s): ``encode64(encrypt(user id))`` (§6.12)."""
+    return f"cocov:sidekiq_auth:{token_digest}"
+
+
 def _task(task: str, **fields: Any) -> str:
     return json.dumps({"task": task, "task_id": str(uuid.uuid4()), **fields})
 

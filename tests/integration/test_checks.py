@@ -202,9 +202,7 @@ async def test_two_checks_with_a_mounted_organization_secret(
     assert token.startswith("csa_") and len(token) == 52
     value = await redis.get(contracts.secret_auth_key(crypto.token_digest(token)))
     assert value is not None
-    assert crypto.id_from_encrypted_value(CRYPTO_KEY.encode(), value.decode()) == (
-        secret_id
-    )
+    assert crypto.id_from_encrypted_value(CRYPTO_KEY.encode(), value.decode()) == (secret_id)
     assert (
         0
         < await redis.ttl(contracts.secret_auth_key(crypto.token_digest(token)))

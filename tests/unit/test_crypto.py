@@ -14,10 +14,10 @@ from cocov_jobs.crypto import (
     decrypt,
     encode64,
     encrypt,
-    new_secret_authorization_token,
-    new_service_token,
     encrypted_id_value,
     id_from_encrypted_value,
+    new_secret_authorization_token,
+    new_service_token,
     service_token_digest,
     token_digest,
 )

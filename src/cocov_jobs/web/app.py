@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from cocov_jobs.services import Services
-from cocov_jobs.web import api, dashboard, metrics, probes, reports, webhooks
+from cocov_jobs.web import api, dashboard, metrics, panel, probes, reports, webhooks
 from cocov_jobs.web.body import unauthenticated_body_slots
 from cocov_jobs.web.errors import EXCEPTION_HANDLERS
 from cocov_jobs.web.headers import SecurityHeaders
@@ -25,7 +25,7 @@ def create_app(services: Services, *, expect_worker: bool = False) -> Starlette:
         exception_handlers={**EXCEPTION_HANDLERS, 404: dashboard.not_found},
         middleware=[Middleware(metrics.RequestCounter), Middleware(SecurityHeaders)],
     )
-    app.router.routes.extend([*metrics.routes, *dashboard.routes])
+    app.router.routes.extend([*metrics.routes, *panel.routes, *dashboard.routes])
     app.state.services = services
     app.state.expect_worker = expect_worker
     app.state.unauthenticated_bodies = unauthenticated_body_slots()

@@ -46,11 +46,13 @@ from cocov_jobs.web.auth import use_service_token
 from cocov_jobs.web.body import spool_body
 from cocov_jobs.web.chart import runs_chart
 from cocov_jobs.web.sessions import (
-    COOKIE_PATH,
+    PREFIXES,
     Session,
     close_session,
     current_session,
+    dashboard_prefix,
     open_session,
+    prefix_of,
     set_cookie,
 )
 
@@ -58,8 +60,6 @@ from cocov_jobs.web.sessions import (
 CSRF_COOKIE = "cocov_dashboard_csrf"
 #: Name of the CSRF form field.
 CSRF_FIELD = "csrf_token"
-#: The dashboard's URL prefix (cookies are scoped to it).
-PREFIX = COOKIE_PATH
 #: Largest accepted form body (the forms hold a token and a few short fields).
 MAX_FORM_BYTES = 64 * 1024
 
@@ -143,7 +143,11 @@ async def _check_csrf(request: Request) -> None:
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-    context.update(csrf=_csrf(request), prefix=PREFIX, notice=request.query_params.get("notice"))
+    context.update(
+        csrf=_csrf(request),
+        prefix=dashboard_prefix(request),
+        notice=request.query_params.get("notice"),
+    )
     response = templates.TemplateResponse(request, name, context, status_code=status)
     _set_csrf_cookie(request, response)
     return response
@@ -167,7 +171,7 @@ def page(handler: Handler) -> Handler:
             return await handler(request)
         if _bearer(request) is not None:
             raise HTTPException(401, "unknown service token")
-        return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        return RedirectResponse(f"{dashboard_prefix(request)}/login", status_code=303)
 
     return guarded
 
@@ -178,8 +182,9 @@ def action(handler: Callable[[Request], Awaitable[str]]) -> Handler:
     async def run(request: Request) -> Response:
         await _check_csrf(request)
         notice = await handler(request)
-        back = (await _form(request)).get("next") or PREFIX
-        target = str(back) if str(back).startswith(PREFIX) else PREFIX
+        prefix = dashboard_prefix(request)
+        back = str((await _form(request)).get("next") or prefix)
+        target = back if prefix_of(back) == prefix else prefix
         sep = "&" if "?" in target else "?"
         return RedirectResponse(f"{target}{sep}{urlencode({'notice': notice})}", 303)
 
@@ -204,14 +209,14 @@ async def login(request: Request) -> Response:
         response = _render(request, "login.html", error="Unknown service token.")
         response.status_code = 401
         return response
-    response = RedirectResponse(PREFIX, status_code=303)
+    response = RedirectResponse(dashboard_prefix(request), status_code=303)
     await open_session(request, response, token_id=token_id)
     return response
 
 
 async def logout(request: Request) -> Response:
     await _check_csrf(request)
-    response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+    response = RedirectResponse(f"{dashboard_prefix(request)}/login", status_code=303)
     session = _session(request)
     if session is not None:
         await close_session(request, response, session)
@@ -357,8 +362,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
     """The app's 404 answer: under the dashboard, a page in its layout (after a login, as every
     page); elsewhere the plain text answer it would have been."""
     assert isinstance(exc, HTTPException)
-    path = request.url.path
-    if path != PREFIX and not path.startswith(f"{PREFIX}/"):
+    if prefix_of(request.url.path) is None:
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
     request.state.missing = exc.detail
     return await _missing(request)
@@ -411,31 +415,35 @@ async def _run_now(request: Request) -> str:
     return f"{entrypoint} enqueued as job {job_id}" if job_id else f"{entrypoint} already queued"
 
 
-routes = [
-    Route(f"{PREFIX}/login", login_form, methods=["GET"]),
-    Route(f"{PREFIX}/login", login, methods=["POST"]),
-    Route(f"{PREFIX}/logout", page(logout), methods=["POST"]),
-    Route(PREFIX, overview, methods=["GET"]),
-    Route(f"{PREFIX}/jobs/{{job_id:int}}", job_detail, methods=["GET"]),
-    Route(f"{PREFIX}/state/{{state}}", job_list, methods=["GET"]),
-    Route(f"{PREFIX}/finished", finished, methods=["GET"]),
-    Route(f"{PREFIX}/metrics", metrics, methods=["GET"]),
-    Route(f"{PREFIX}/repositories", repository_list, methods=["GET"]),
-    Route(f"{PREFIX}/repositories/{{ref}}", repository, methods=["GET"]),
-    Route(f"{PREFIX}/schedules", schedules, methods=["GET"]),
-    Route(f"{PREFIX}/workers", workers, methods=["GET"]),
-    *(
-        Route(
-            f"{PREFIX}/jobs/{{job_id:int}}/{verb}",
-            action(_job_action(done, call)),
-            methods=["POST"],
-        )
-        for verb, done, call in (
-            ("retry", "retried", admin.retry),
-            ("cancel", "canceled", admin.cancel),
-            ("delete", "deleted", admin.delete),
-        )
-    ),
-    Route(f"{PREFIX}/failed/retry-all", action(_retry_all), methods=["POST"]),
-    Route(f"{PREFIX}/schedules/{{entrypoint}}/run", action(_run_now), methods=["POST"]),
-]
+def _routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/login", login_form, methods=["GET"]),
+        Route(f"{prefix}/login", login, methods=["POST"]),
+        Route(f"{prefix}/logout", page(logout), methods=["POST"]),
+        Route(prefix, overview, methods=["GET"]),
+        Route(f"{prefix}/jobs/{{job_id:int}}", job_detail, methods=["GET"]),
+        Route(f"{prefix}/state/{{state}}", job_list, methods=["GET"]),
+        Route(f"{prefix}/finished", finished, methods=["GET"]),
+        Route(f"{prefix}/metrics", metrics, methods=["GET"]),
+        Route(f"{prefix}/repositories", repository_list, methods=["GET"]),
+        Route(f"{prefix}/repositories/{{ref}}", repository, methods=["GET"]),
+        Route(f"{prefix}/schedules", schedules, methods=["GET"]),
+        Route(f"{prefix}/workers", workers, methods=["GET"]),
+        *(
+            Route(
+                f"{prefix}/jobs/{{job_id:int}}/{verb}",
+                action(_job_action(done, call)),
+                methods=["POST"],
+            )
+            for verb, done, call in (
+                ("retry", "retried", admin.retry),
+                ("cancel", "canceled", admin.cancel),
+                ("delete", "deleted", admin.delete),
+            )
+        ),
+        Route(f"{prefix}/failed/retry-all", action(_retry_all), methods=["POST"]),
+        Route(f"{prefix}/schedules/{{entrypoint}}/run", action(_run_now), methods=["POST"]),
+    ]
+
+
+routes = [route for prefix in PREFIXES for route in _routes(prefix)]

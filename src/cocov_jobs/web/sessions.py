@@ -35,8 +35,11 @@ SESSION_COOKIE = "cocov_dashboard_session"
 SESSION_MAX_AGE = 8 * 3600
 #: Seconds a process trusts its last check that a session and its subject are live.
 SUBJECT_CHECK_SECONDS = 5.0
-#: Path the dashboard's cookies are scoped to.
-COOKIE_PATH = "/dashboard"
+#: Where the dashboard is served: its own path, and Sidekiq's (Cocov's admin "Sidekiq" button
+#: leads there). Cookies are scoped to the prefix they were set under.
+DASHBOARD_PREFIX = "/dashboard"
+SIDEKIQ_PREFIX = "/sidekiq"
+PREFIXES = (DASHBOARD_PREFIX, SIDEKIQ_PREFIX)
 #: Sessions a process remembers checking; beyond, the memory is dropped (checked again).
 MAX_CACHED_SESSIONS = 1024
 #: Name of the generated signing key in ``cocov_jobs_secret_keys``.
@@ -113,17 +116,34 @@ def _cache(request: Request) -> dict[str, tuple[Session, float]]:
     return cache
 
 
+def prefix_of(path: str) -> str | None:
+    """The dashboard prefix (:data:`PREFIXES`) ``path`` is under, if any."""
+    return next((p for p in PREFIXES if path == p or path.startswith(f"{p}/")), None)
+
+
+def dashboard_prefix(request: Request) -> str:
+    """The prefix this request reached the dashboard under (``/dashboard`` elsewhere)."""
+    return prefix_of(request.url.path) or DASHBOARD_PREFIX
+
+
 def set_cookie(
-    request: Request, response: Response, name: str, value: str, max_age: int | None = None
+    request: Request,
+    response: Response,
+    name: str,
+    value: str,
+    max_age: int | None = None,
+    *,
+    prefix: str | None = None,
 ) -> None:
-    """A dashboard cookie: HTTP only, ``SameSite=Strict``, scoped to :data:`COOKIE_PATH`, and
-    ``Secure`` when the request came over HTTPS (or ``COCOV_WEB_SECURE_COOKIES``)."""
+    """A dashboard cookie: HTTP only, ``SameSite=Strict``, scoped to the dashboard ``prefix``
+    (by default the request's), and ``Secure`` when the request came over HTTPS (or
+    ``COCOV_WEB_SECURE_COOKIES``)."""
     secure = request.url.scheme == "https" or _services(request).settings.web_secure_cookies
     response.set_cookie(
         name,
         value,
         max_age=max_age,
-        path=COOKIE_PATH,
+        path=prefix or dashboard_prefix(request),
         httponly=True,
         samesite="strict",
         secure=secure,
@@ -136,9 +156,11 @@ async def open_session(
     *,
     token_id: int | None = None,
     user_id: int | None = None,
+    prefix: str | None = None,
 ) -> Session:
     """Open a session for a service token *or* a Cocov user (who must stay an admin) and set
-    its cookie on ``response``. The caller has authenticated the subject."""
+    its cookie on ``response`` for the dashboard under ``prefix`` (by default the request's).
+    The caller has authenticated the subject."""
     if (token_id is None) == (user_id is None):
         raise ValueError("a session belongs to exactly one of a token or a user")
     session_id = secrets.token_urlsafe(32)
@@ -156,7 +178,7 @@ async def open_session(
             },
         )
     cookie = (await _serializer(request)).dumps(session_id)
-    set_cookie(request, response, SESSION_COOKIE, cookie, max_age=SESSION_MAX_AGE)
+    set_cookie(request, response, SESSION_COOKIE, cookie, max_age=SESSION_MAX_AGE, prefix=prefix)
     return session
 
 
@@ -193,4 +215,4 @@ async def close_session(request: Request, response: Response, session: Session) 
     _cache(request).pop(session.digest, None)
     async with _services(request).sessions.begin() as db:
         await db.execute(_CLOSE, {"digest": session.digest})
-    response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
+    response.delete_cookie(SESSION_COOKIE, path=dashboard_prefix(request))
