@@ -92,11 +92,14 @@ import redis.asyncio as aioredis
 from engine import (
     RUN_TIMEOUT,
     BenchError,
+    _concurrencies,
     _fetchval,
     ensure_sidekiq_packages,
     machine,
     private_redis,
-    server_url,
+    run_on_server,
+    sidekiq_push,
+    write_results,
 )
 
 from cocov_jobs import contracts
@@ -1059,17 +1062,9 @@ async def run_sidekiq(
             "BENCH_DATABASE_URL": url + "?application_name=sidekiq",
             "BENCH_BATCH": str(ENQUEUE_BATCH),
         }
-        push = await asyncio.to_thread(
-            subprocess.run,
-            ["ruby", str(SIDEKIQ_SCRIPT), "push", str(ids[0]), str(len(ids))],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
+        enqueue_seconds = await asyncio.to_thread(
+            sidekiq_push, SIDEKIQ_SCRIPT, [str(ids[0]), str(len(ids))], env
         )
-        if push.returncode != 0:
-            raise BenchError(f"Sidekiq push failed:\n{push.stderr[-3000:]}")
-        enqueue_seconds = float(json.loads(push.stdout.strip().splitlines()[-1])["seconds"])
 
         async def probe() -> Progress:
             async with client.pipeline(transaction=False) as pipe:
@@ -1322,13 +1317,6 @@ def report_comparison(comparison: Comparison, concurrencies: list[int]) -> dict[
 # Main ----------------------------------------------------------------------------------------
 
 
-def _ints(text: str) -> list[int]:
-    values = [int(part) for part in text.split(",") if part.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
-    return values
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/jobs.py", description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", default=None)
@@ -1342,7 +1330,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--only", type=lambda t: t.split(","), default=list(SCENARIOS))
     parser.add_argument("--concurrency", type=int, default=10, help="of the ten jobs' runs")
-    parser.add_argument("--compare-concurrency", type=_ints, default=[10, 20, 40])
+    parser.add_argument("--compare-concurrency", type=_concurrencies, default=[10, 20, 40])
     parser.add_argument("--processes", type=int, default=2, help="of the multi-process pair")
     parser.add_argument("--no-sidekiq", action="store_true")
     parser.add_argument("--results", type=Path, default=RESULTS_PATH)
@@ -1418,20 +1406,15 @@ async def bench(args: argparse.Namespace, admin_url: str, source: str) -> int:
         "jobs": [r.as_dict() for r in results],
         "sidekiq_comparison": compared,
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwritten: {args.results}")
+    write_results(args.results, document)
     return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        with server_url(args.database_url) as (admin_url, source):
-            return asyncio.run(bench(args, admin_url, source))
-    except BenchError as exc:
-        print(f"bench/jobs.py: run failed: {exc}", file=sys.stderr)
-        return 1
+    return run_on_server(
+        "bench/jobs.py", args.database_url, lambda url, source: bench(args, url, source)
+    )
 
 
 if __name__ == "__main__":
