@@ -660,6 +660,8 @@ async def update_commits_author(st: Stage, n: int) -> Prepared:
 
 
 async def update_organization_repos(st: Stage, n: int) -> Prepared:
+    for repo in st.fake.repos():  # an earlier run's organization
+        st.fake.delete_repo(repo.name)
     tag, renames = st.tag(), itertools.count()
     newest = [st.fake.add_repos(st.sizes.org_repositories, prefix=tag)[-1].name]
 
@@ -798,12 +800,19 @@ class Drain:
     processes: int
     load_average: float
     enqueue_seconds: float
-    start: Sample
-    end: Sample
+    window: Window
     #: Jobs that completed, by name (follow-ups included); ours only.
     jobs_run: dict[str, int] = field(default_factory=dict)
     #: Runs that ended re-queued (a retry, or deferred behind a busy lock); ours only.
     requeued: int = 0
+
+    @property
+    def start(self) -> Sample:
+        return self.window.start
+
+    @property
+    def end(self) -> Sample:
+        return self.window.end
 
     @property
     def measured(self) -> int:
@@ -840,9 +849,25 @@ class Drain:
             "measured_seconds": round(self.end.at - self.start.at, 4),
             "jobs_per_s": round(self.rate, 1),
             "worker_cpu_ms_per_job": round(self.cpu_ms_per_job, 3),
+            "peak_connections": self.window.peak_connections,
             "jobs_run": self.jobs_run,
             "requeued": self.requeued,
         }
+
+
+#: Connections to the bench database whose ``application_name`` is $1 (``LIKE``).
+_CONNECTIONS = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND application_name LIKE $1"
+)
+
+
+class Window(NamedTuple):
+    """The measured window of a run, and the most connections its workers held."""
+
+    start: Sample
+    end: Sample
+    peak_connections: int
 
 
 class Progress(NamedTuple):
@@ -853,6 +878,8 @@ class Progress(NamedTuple):
     done: bool
     #: The worker is up: ours registered in ``cocov_jobs_workers``; Sidekiq fired ``:startup``.
     ready: bool
+    #: PostgreSQL connections the worker processes hold.
+    connections: int
 
 
 Probe = Callable[[], Awaitable[Progress]]
@@ -868,12 +895,12 @@ async def drive(
     burst: bool,
     proxy: CountingProxy | None = None,
     during: Callable[[], None] | None = None,
-) -> tuple[Sample, Sample]:
-    """Start the worker processes and poll ``probe`` until every job is done; the samples at
-    the opening and the close of the measured window. The window opens at the first poll that
-    sees :data:`WINDOW_START` of the jobs finished, or, when SQL is counted (``proxy``), as
-    soon as the worker is ready, so that every job's statements are counted. Burst workers
-    must then exit 0 on their own; the others are sent SIGTERM."""
+) -> Window:
+    """Start the worker processes and poll ``probe`` until every job is done: the measured
+    window and the most connections seen. The window opens at the first poll that sees
+    :data:`WINDOW_START` of the jobs finished, or, when SQL is counted (``proxy``), as soon as
+    the worker is ready, so that every job's statements are counted. Burst workers must then
+    exit 0 on their own; the others are sent SIGTERM."""
     opening = max(1, math.ceil(jobs * WINDOW_START))
     with log_path.open("ab") as log:
         processes = [
@@ -884,7 +911,7 @@ async def drive(
         ]
         try:
             try:
-                start, end = await _watch(processes, probe, opening, proxy, during)
+                window = await _watch(processes, probe, opening, proxy, during)
             except BenchError as exc:
                 raise BenchError(f"{exc}; the log ends with:\n{_tail(log_path)}") from None
             for process in processes:
@@ -900,9 +927,9 @@ async def drive(
     failed = [p.returncode for p in processes if burst and p.returncode != 0]
     if failed:
         raise BenchError(f"a worker exited with {failed[0]}:\n{_tail(log_path)}")
-    if end.at == start.at:
+    if window.end.at == window.start.at:
         raise BenchError(f"{jobs} jobs finished within one poll: too few to measure")
-    return start, end
+    return window
 
 
 async def _watch(
@@ -911,19 +938,21 @@ async def _watch(
     opening: int,
     proxy: CountingProxy | None,
     during: Callable[[], None] | None,
-) -> tuple[Sample, Sample]:
+) -> Window:
     def sample(finished: int) -> Sample:
         cpu = tree_cpu([p.pid for p in processes])
         return Sample(time.monotonic(), finished, cpu, proxy.snapshot() if proxy else {})
 
     deadline = time.monotonic() + RUN_TIMEOUT
     start: Sample | None = None
+    peak = 0
     while True:
         now = await probe()
+        peak = max(peak, now.connections)
         if start is None and (now.ready if proxy else now.finished >= opening):
             start = sample(now.finished)
         if now.done and start is not None:
-            return start, sample(now.finished)
+            return Window(start, sample(now.finished), peak)
         if any(p.returncode is not None for p in processes):
             raise BenchError(f"a worker process exited with {now.finished} job(s) finished")
         if time.monotonic() > deadline:
@@ -939,9 +968,9 @@ def _tail(path: Path) -> str:
 
 # Our worker --------------------------------------------------------------------------------------
 
-_QUEUE_STATE = """
+_QUEUE_STATE = f"""
 SELECT count(*) FILTER (WHERE entrypoint = $1), count(*), count(*) FILTER (WHERE status = 'failed'),
-       EXISTS (SELECT 1 FROM cocov_jobs_workers)
+       EXISTS (SELECT 1 FROM cocov_jobs_workers), ({_CONNECTIONS.replace("$1", "$2")})
 FROM pgqueuer
 """
 
@@ -950,12 +979,26 @@ def queue_probe(st: Stage, job: str, jobs: int) -> Probe:
     """Jobs of ``job`` finished: those no longer in ``pgqueuer``; done: the queue is empty."""
 
     async def probe() -> Progress:
-        left, total, failed, registered = await st.pool.fetchrow(_QUEUE_STATE, job)
+        left, total, failed, registered, connections = await st.pool.fetchrow(
+            _QUEUE_STATE, job, "cocov-jobs%"
+        )
         if failed:
             raise BenchError(f"{failed} job(s) failed")
-        return Progress(jobs - int(left), total == 0, registered)
+        return Progress(jobs - int(left), total == 0, registered, connections)
 
     return probe
+
+
+async def last_failure(st: Stage) -> str:
+    """The newest error in the queue's log: why a run was retried or failed."""
+    row = await st.pool.fetchrow(
+        "SELECT entrypoint, traceback::text FROM pgqueuer_log"
+        " WHERE traceback IS NOT NULL ORDER BY id DESC LIMIT 1"
+    )
+    if row is None:
+        return "none"
+    error = json.loads(row[1])
+    return f"{row[0]}: {error.get('exception_type')}: {error.get('exception_message')}"
 
 
 async def enqueue_ours(st: Stage, job: str, prepared: Prepared) -> float:
@@ -976,7 +1019,8 @@ async def enqueue_ours(st: Stage, job: str, prepared: Prepared) -> float:
 async def vacuum(st: Stage) -> None:
     """Empty the queue's log and refresh the statistics: every run starts alike."""
     await st.pool.execute("TRUNCATE pgqueuer_log")
-    await st.pool.execute("VACUUM ANALYZE")
+    await st.pool.execute("VACUUM ANALYZE pgqueuer")
+    await st.pool.execute("ANALYZE")
 
 
 async def run_ours(
@@ -996,16 +1040,20 @@ async def run_ours(
     argv += ["--processes", str(processes)]
     load = os.getloadavg()[0]
     jobs = len(prepared.args)
-    start, end = await drive(
-        [argv],
-        st.worker_env(url, processes),
-        queue_probe(st, job, jobs),
-        jobs,
-        st.log_path,
-        burst=True,
-        proxy=proxy,
-        during=prepared.during,
-    )
+    await st.services.engine.dispose()  # the driver's connections are not the worker's
+    try:
+        window = await drive(
+            [argv],
+            st.worker_env(url, processes),
+            queue_probe(st, job, jobs),
+            jobs,
+            st.log_path,
+            burst=True,
+            proxy=proxy,
+            during=prepared.during,
+        )
+    except BenchError as exc:
+        raise BenchError(f"{exc}\nthe last failure recorded: {await last_failure(st)}") from None
     await prepared.check()
     ran = await st.pool.fetch(
         "SELECT entrypoint, count(*) FILTER (WHERE status = 'successful'),"
@@ -1020,8 +1068,7 @@ async def run_ours(
         processes,
         load,
         enqueue_seconds,
-        start,
-        end,
+        window,
         {str(row[0]): int(row[1]) for row in ran},
         sum(int(row[2]) for row in ran),
     )
@@ -1059,7 +1106,7 @@ async def run_sidekiq(
         env = {
             **os.environ,
             "BENCH_REDIS_URL": side.redis_url,
-            "BENCH_DATABASE_URL": url + "?application_name=sidekiq",
+            "BENCH_DATABASE_URL": url + ("&" if "?" in url else "?") + "application_name=sidekiq",
             "BENCH_BATCH": str(ENQUEUE_BATCH),
         }
         enqueue_seconds = await asyncio.to_thread(
@@ -1074,11 +1121,13 @@ async def run_sidekiq(
                 finished, retries, ready = await pipe.execute()
             if retries:
                 raise BenchError(f"Sidekiq: {retries} job(s) failed")
-            return Progress(int(finished or 0), int(finished or 0) >= len(ids), bool(ready))
+            connections = await st.pool.fetchval(_CONNECTIONS, "sidekiq")
+            done = int(finished or 0) >= len(ids)
+            return Progress(int(finished or 0), done, bool(ready), connections)
 
         argv = ["sidekiq", "-r", str(SIDEKIQ_SCRIPT), "-q", "default", "-c", str(concurrency)]
         load = os.getloadavg()[0]
-        start, end = await drive(
+        window = await drive(
             [argv] * processes, env, probe, len(ids), side.log_path, burst=False, proxy=proxy
         )
         left = await client.llen("queue:default") + await client.zcard("dead")
@@ -1087,7 +1136,7 @@ async def run_sidekiq(
     finally:
         await client.aclose()
     return Drain(
-        "sidekiq", COMPARED_JOB, len(ids), concurrency, processes, load, enqueue_seconds, start, end
+        "sidekiq", COMPARED_JOB, len(ids), concurrency, processes, load, enqueue_seconds, window
     )
 
 
@@ -1269,7 +1318,7 @@ def report_comparison(comparison: Comparison, concurrencies: list[int]) -> dict[
     print(f"{COMPARED_JOB} beside Sidekiq, same database and data, {runs[0].jobs} jobs:")
     print(
         f"{'processes':>9} {'c':>3} {'ours/s':>8} {'Sidekiq/s':>9} {'ours/Sidekiq':>12}"
-        f" {'ours cpu ms':>11} {'Sidekiq cpu ms':>14} {'load':>5}"
+        f" {'ours cpu ms':>11} {'Sidekiq cpu ms':>14} {'connections':>11} {'load':>5}"
     )
     rows = []
     for ours, theirs in zip(runs[0::2], runs[1::2], strict=True):
@@ -1283,11 +1332,14 @@ def report_comparison(comparison: Comparison, concurrencies: list[int]) -> dict[
                 "ratio_ours_to_sidekiq": round(ratio, 3),
                 "ours_cpu_ms_per_job": round(ours.cpu_ms_per_job, 3),
                 "sidekiq_cpu_ms_per_job": round(theirs.cpu_ms_per_job, 3),
+                "ours_peak_connections": ours.window.peak_connections,
+                "sidekiq_peak_connections": theirs.window.peak_connections,
             }
         )
         print(
             f"{ours.processes:9d} {ours.concurrency:3d} {ours.rate:8.0f} {theirs.rate:9.0f}"
             f" {ratio:12.2f} {ours.cpu_ms_per_job:11.3f} {theirs.cpu_ms_per_job:14.3f}"
+            f" {ours.window.peak_connections:>5}/{theirs.window.peak_connections:<5}"
             f" {ours.load_average:5.1f}"
         )
     trend = {}
