@@ -49,7 +49,7 @@ counts ``Execute`` and simple ``Query`` messages (statements), the client's wait
 server (round trips), ``Parse`` messages (prepares) and transactions, per ``application_name``:
 the job sessions (``cocov-jobs``) apart from the engine's own pool (``cocov-jobs-worker``:
 pick, advisory locks, finish, heartbeats, the burst watcher). The runs have ``counted_jobs``
-jobs and about a quarter of that; each is counted from the worker's registration to its last
+jobs and about a quarter of that; each is counted from the worker's start to its last
 job, and their difference divided by the difference in jobs is the cost of one more job: what
 a worker sends once (its start-up checks, each new connection's set-up) cancels out. The
 relay is never in a timed run.
@@ -76,7 +76,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -876,8 +875,6 @@ class Progress(NamedTuple):
     finished: int
     #: Every job finished (ours: the queue is empty, follow-ups included).
     done: bool
-    #: The worker is up: ours registered in ``cocov_jobs_workers``; Sidekiq fired ``:startup``.
-    ready: bool
     #: PostgreSQL connections the worker processes hold.
     connections: int
 
@@ -898,9 +895,9 @@ async def drive(
 ) -> Window:
     """Start the worker processes and poll ``probe`` until every job is done: the measured
     window and the most connections seen. The window opens at the first poll that sees
-    :data:`WINDOW_START` of the jobs finished, or, when SQL is counted (``proxy``), as soon as
-    the worker is ready, so that every job's statements are counted. Burst workers must then
-    exit 0 on their own; the others are sent SIGTERM."""
+    :data:`WINDOW_START` of the jobs finished or, when SQL is counted (``proxy``: a relay of
+    this run only), at the start, so that every job's statements are counted. Burst workers
+    must then exit 0 on their own; the others (Sidekiq) are killed once the window closed."""
     opening = max(1, math.ceil(jobs * WINDOW_START))
     with log_path.open("ab") as log:
         processes = [
@@ -915,10 +912,10 @@ async def drive(
             except BenchError as exc:
                 raise BenchError(f"{exc}; the log ends with:\n{_tail(log_path)}") from None
             for process in processes:
-                if not burst:
-                    process.send_signal(signal.SIGTERM)
+                if not burst:  # every job is done: nothing to wait for
+                    process.kill()
             for process in processes:
-                await asyncio.wait_for(process.wait(), RUN_TIMEOUT if burst else 30)
+                await asyncio.wait_for(process.wait(), RUN_TIMEOUT)
         finally:
             for process in processes:
                 if process.returncode is None:
@@ -944,12 +941,12 @@ async def _watch(
         return Sample(time.monotonic(), finished, cpu, proxy.snapshot() if proxy else {})
 
     deadline = time.monotonic() + RUN_TIMEOUT
-    start: Sample | None = None
+    start = sample(0) if proxy else None
     peak = 0
     while True:
         now = await probe()
         peak = max(peak, now.connections)
-        if start is None and (now.ready if proxy else now.finished >= opening):
+        if start is None and now.finished >= opening:
             start = sample(now.finished)
         if now.done and start is not None:
             return Window(start, sample(now.finished), peak)
@@ -970,7 +967,7 @@ def _tail(path: Path) -> str:
 
 _QUEUE_STATE = f"""
 SELECT count(*) FILTER (WHERE entrypoint = $1), count(*), count(*) FILTER (WHERE status = 'failed'),
-       EXISTS (SELECT 1 FROM cocov_jobs_workers), ({_CONNECTIONS.replace("$1", "$2")})
+       ({_CONNECTIONS.replace("$1", "$2")})
 FROM pgqueuer
 """
 
@@ -979,12 +976,10 @@ def queue_probe(st: Stage, job: str, jobs: int) -> Probe:
     """Jobs of ``job`` finished: those no longer in ``pgqueuer``; done: the queue is empty."""
 
     async def probe() -> Progress:
-        left, total, failed, registered, connections = await st.pool.fetchrow(
-            _QUEUE_STATE, job, "cocov-jobs%"
-        )
+        left, total, failed, connections = await st.pool.fetchrow(_QUEUE_STATE, job, "cocov-jobs%")
         if failed:
             raise BenchError(f"{failed} job(s) failed")
-        return Progress(jobs - int(left), total == 0, registered, connections)
+        return Progress(jobs - int(left), total == 0, connections)
 
     return probe
 
@@ -1117,13 +1112,11 @@ async def run_sidekiq(
             async with client.pipeline(transaction=False) as pipe:
                 pipe.get("bench:finished")
                 pipe.zcard("retry")
-                pipe.exists("bench:ready")
-                finished, retries, ready = await pipe.execute()
+                finished, retries = await pipe.execute()
             if retries:
                 raise BenchError(f"Sidekiq: {retries} job(s) failed")
             connections = await st.pool.fetchval(_CONNECTIONS, "sidekiq")
-            done = int(finished or 0) >= len(ids)
-            return Progress(int(finished or 0), done, bool(ready), connections)
+            return Progress(int(finished or 0), int(finished or 0) >= len(ids), connections)
 
         argv = ["sidekiq", "-r", str(SIDEKIQ_SCRIPT), "-q", "default", "-c", str(concurrency)]
         load = os.getloadavg()[0]
@@ -1150,9 +1143,10 @@ async def count_sql(
     bench: Bench, run: Callable[[int, CountingProxy], Awaitable[Drain]], jobs: int, concurrency: int
 ) -> tuple[SqlPerJob, int]:
     """SQL per job, by role, and the jobs it was measured over: the difference between two
-    runs through the relay, of ``jobs`` and of about a quarter of them (at least one per
-    worker slot), divided by the difference in jobs. What a worker sends once — its start-up
-    checks, each new connection's set-up and type introspection — cancels out."""
+    runs through a relay each (counted from the start to the last job), of ``jobs`` and of
+    about a quarter of them (at least one per worker slot), divided by the difference in jobs.
+    What a worker sends once — its start-up checks, each new connection's set-up and type
+    introspection — cancels out."""
     small = max(1, min(jobs - 1, max(concurrency, jobs // 4)))
     counts = []
     for n in (small, jobs):
@@ -1452,7 +1446,7 @@ async def bench(args: argparse.Namespace, admin_url: str, source: str) -> int:
             " system CPU of the worker process tree between the same two polls; sql_per_job"
             " = per application_name (job sessions, engine pool), the difference between two"
             " runs through a counting PostgreSQL wire relay (all jobs and about a quarter of"
-            " them, each counted from the worker's registration to the last job) divided by"
+            " them, each counted from the worker's start to the last job) divided by"
             " the difference in jobs"
         ),
         "jobs": [r.as_dict() for r in results],
