@@ -271,7 +271,6 @@ class Stage:
     on them."""
 
     bench: Bench
-    database_url: str
     pool: asyncpg.Pool
     services: Services
     fake: FakeGitHub
@@ -279,6 +278,10 @@ class Stage:
     log_path: Path
     names: Iterator[int] = field(default_factory=itertools.count)
     github_ids: Iterator[int] = field(default_factory=lambda: itertools.count(50_000_000))
+
+    @property
+    def database_url(self) -> str:
+        return self.bench.database_url
 
     @property
     def sizes(self) -> Sizes:
@@ -335,7 +338,7 @@ async def stage(bench: Bench) -> AsyncIterator[Stage]:
         )
         await services.redis.flushdb()
         log_path = bench.work_dir / f"stage-{number}.log"
-        yield Stage(bench, url, pool, services, fake, storage, log_path)
+        yield Stage(bench, pool, services, fake, storage, log_path)
 
 
 # Seeding -------------------------------------------------------------------------------------
@@ -381,7 +384,7 @@ async def insert_commits(
 async def expect(st: Stage, what: str, sql: str, *args: object, want: object) -> None:
     """Fail the run unless ``sql`` returns ``want``: the jobs did their work, exactly once."""
     row = await st.pool.fetchrow(sql, *args)
-    got = tuple(row.values()) if row is not None and len(row) > 1 else (row[0] if row else None)
+    got = tuple(row) if len(row) > 1 else row[0]
     if got != want:
         raise BenchError(f"{what}: got {got}, expected {want}")
 
@@ -1147,6 +1150,8 @@ async def count_sql(
     about a quarter of them (at least one per worker slot), divided by the difference in jobs.
     What a worker sends once — its start-up checks, each new connection's set-up and type
     introspection — cancels out."""
+    if jobs < 2:
+        raise BenchError("counting SQL per job takes at least 2 jobs")
     small = max(1, min(jobs - 1, max(concurrency, jobs // 4)))
     counts = []
     for n in (small, jobs):
