@@ -73,7 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -516,6 +516,20 @@ class SidekiqSetup:
     log_path: Path
 
 
+def sidekiq_push(script: Path, push_args: list[str], env: dict[str, str]) -> float:
+    """``ruby SCRIPT push PUSH_ARGS``: the seconds the script says its pushes took."""
+    push = subprocess.run(
+        ["ruby", str(script), "push", *push_args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if push.returncode != 0:
+        raise BenchError(f"Sidekiq push failed:\n{push.stderr[-3000:]}")
+    return float(json.loads(push.stdout.strip().splitlines()[-1])["seconds"])
+
+
 def run_sidekiq_once(
     setup: SidekiqSetup,
     workload: str,
@@ -543,16 +557,7 @@ def run_sidekiq_once(
             "BENCH_EXPECTED": str(jobs),
             "BENCH_BATCH": str(setup.batch),
         }
-        push = subprocess.run(
-            ["ruby", str(script), "push", *push_args],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if push.returncode != 0:
-            raise BenchError(f"Sidekiq push failed:\n{push.stderr[-3000:]}")
-        enqueue_seconds = float(json.loads(push.stdout.strip().splitlines()[-1])["seconds"])
+        enqueue_seconds = sidekiq_push(script, push_args, env)
         queued = int(client.llen(f"queue:{queue}"))
         if queued != jobs:
             raise BenchError(f"Sidekiq queue holds {queued} jobs after the push, not {jobs}")
@@ -850,9 +855,28 @@ async def bench(args: argparse.Namespace, admin_url: str, source: str) -> int:
         "summary": summary,
         "runs": [r.as_dict() for r in runs],
     }
-    args.results.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwritten: {args.results}")
+    write_results(args.results, document)
     return 0
+
+
+def write_results(path: Path, document: dict[str, Any]) -> None:
+    """Write a benchmark's figures as indented JSON, and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+
+
+def run_on_server(
+    prog: str, database_url: str | None, bench: Callable[[str, str], Awaitable[int]]
+) -> int:
+    """``bench(admin_url, source)`` on the server :func:`server_url` picks; its exit status,
+    or 1 with the reason on standard error when a run fails."""
+    try:
+        with server_url(database_url) as (admin_url, source):
+            return asyncio.run(bench(admin_url, source))
+    except BenchError as exc:
+        print(f"{prog}: run failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str]) -> int:
@@ -864,12 +888,9 @@ def main(argv: list[str]) -> int:
         asyncio.run(_worker_main(worker_args.database_url, worker_args.concurrency))
         return 0
     args = parse_args(argv)
-    try:
-        with server_url(args.database_url) as (admin_url, source):
-            return asyncio.run(bench(args, admin_url, source))
-    except BenchError as exc:
-        print(f"bench/engine.py: run failed: {exc}", file=sys.stderr)
-        return 1
+    return run_on_server(
+        "bench/engine.py", args.database_url, lambda url, source: bench(args, url, source)
+    )
 
 
 if __name__ == "__main__":

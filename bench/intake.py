@@ -61,6 +61,7 @@ from engine import (
     private_redis,
     run_sidekiq_once,
     server_url,
+    sidekiq_push,
 )
 
 from cocov_jobs.db.session import asyncpg_dsn
@@ -110,18 +111,10 @@ def push_payloads(redis_url: str, jobs: int) -> float:
     with contextlib.closing(redis.Redis.from_url(redis_url)) as client:
         client.flushdb()
         env = {**os.environ, "BENCH_REDIS_URL": redis_url, "BENCH_BATCH": "1000"}
-        push = subprocess.run(
-            ["ruby", str(INTAKE_SCRIPT), "push", str(jobs)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if push.returncode != 0:
-            raise BenchError(f"push failed:\n{push.stderr[-3000:]}")
+        seconds = sidekiq_push(INTAKE_SCRIPT, [str(jobs)], env)
         if int(client.llen("queue:default")) != jobs:
             raise BenchError(f"queue:default does not hold {jobs} payloads after the push")
-        return float(json.loads(push.stdout.strip().splitlines()[-1])["seconds"])
+        return seconds
 
 
 async def reset(database_url: str) -> None:
