@@ -25,7 +25,6 @@ import uvicorn
 from rich.table import Table
 
 from cocov_jobs import jobs, logs
-from cocov_jobs.cli import demo, demo_sample
 from cocov_jobs.cli.common import (
     PROBE_ADDRESS,
     WEB_ADDRESS,
@@ -522,6 +521,9 @@ def demo_command(
     ] = True,
 ) -> None:
     """See it work: a GitHub fake with a sample repository, every job end to end, the dashboard."""
+    # Imported here: the GitHub fake and the sample cost every other command 0.4 s of start-up.
+    from cocov_jobs.cli import demo, demo_sample
+
     base = load()
     directory = demo.demo_dir(base, data_dir)
     console.print(f"Starting the demo in {directory.resolve()} …")
