@@ -1,32 +1,41 @@
-"""Benchmark: GitHub push webhooks through ``POST /v1/github/events``, end to end over HTTP.
+"""Benchmark: GitHub push webhooks through ``POST /v1/github/events``, driven by ``wrk``.
 
-``--requests`` (5,000) signed push deliveries, each with its own delivery id and its own head
-commit, spread over ``--repositories`` (5) repositories and ``--branches`` (4) branches each,
-are sent by ``--clients`` (20) concurrent clients (one ``httpx.AsyncClient`` and keep-alive
-connection each, all in this process). The payloads are GitHub's push payload
-(``tests/data/github/push.json``) with the repository, ref, sha, message and author varied;
-bodies and signatures are prepared before the clock starts.
+The load generator is ``wrk`` (Debian's package; C, so it is not what limits the figure) with
+``bench/ingress.lua``: ``--connections`` (20) keep-alive connections from ``--threads`` (1)
+wrk threads for ``--duration`` (10) seconds, each request a signed push delivery of its own —
+its own delivery id, head commit sha, message and author; repository and branch round-robin
+over ``--repositories`` (5) × ``--branches`` (4). The payloads are GitHub's push payload
+(``tests/data/github/push.json``, about 16 KB) with those fields varied. wrk's Lua has no HMAC,
+so this script prepares ``--requests`` (30,000) deliveries before the clock starts: the body's
+JSON text cut at its variable fields, and one line per delivery (id, ``X-Hub-Signature-256``,
+field values) that the Lua script assembles.
 
-The server is the product's own command, ``python -m cocov_jobs web``, in a separate process
-(one uvicorn process, production settings: INFO JSON logs to /dev/null), with
-``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` set, so every request is verified, recorded and applied in
-one transaction (commit upsert, branch head, ``process_commit`` enqueue) before its 202.
+The server is the product's own command, ``python -m cocov_jobs web [--workers N]``
+(``--workers``, default 1), production settings (INFO JSON logs to /dev/null), with
+``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` set: every request is verified, recorded and applied in one
+transaction (commit upsert, branch head, ``process_commit`` enqueue) before its 202.
 
-Measured: requests/s = requests / wall time from the first send to the last answer; p50 and
-p99 of the per-request latency (send → answer read); the CPU seconds the server process and
-this client process used during the sends (``/proc/<pid>/stat``, ``getrusage``), which shows
-how the machine's cores were shared (PostgreSQL and Redis use the rest).
+Measured: requests/s (wrk's completed requests / its duration), wrk's latency percentiles, the
+server's CPU per request (user + system CPU of the server's process tree from ``/proc``, over
+wrk's run, divided by the requests), the load average, the machine.
 
-Checked afterwards, exit status 1 on any difference: every answer is 202 ``applied``; the
-database holds exactly ``--requests`` recorded deliveries, ``--requests`` commits and
-``--requests`` ``process_commit`` jobs; every branch head is a commit of its own repository.
+Checked afterwards, exit status 1 on any difference: wrk saw no socket error and no non-2xx
+answer and did not run out of prepared deliveries; every answer is 202 ``applied``; every
+answered delivery is recorded, and every recorded one was sent (a few sent just before wrk
+stopped may be recorded without their answer having been read); exactly one commit and one
+``process_commit`` job per recorded delivery, no ``process_webhook`` job; every branch head is
+a commit of its own repository.
 
 Stores: ``--database-url``, else ``COCOV_TEST_DATABASE_URL``, else an embedded PostgreSQL in a
 temporary directory (same for Redis: ``--redis-url``, ``COCOV_TEST_REDIS_URL``, embedded). A
 fresh database ``cocov_bench_ingress_<random>`` is created, migrated and dropped at the end.
-Figures go to stdout and ``bench/results/ingress.json``.
+Figures go to stdout and ``bench/results/ingress.json`` (``--results``).
 
-Usage: ``python bench/ingress.py [--requests 5000] [--clients 20] [--database-url URL]``
+``--profile FILE`` also records the server with py-spy (``pip install py-spy``) during the run
+(speedscope JSON when FILE ends in ``.json``, else a flame graph SVG); the figures of such a
+run include the sampling's cost.
+
+Usage: ``python bench/ingress.py [--duration 10] [--connections 20] [--workers 1]``
 """
 
 from __future__ import annotations
@@ -38,22 +47,21 @@ import hashlib
 import hmac
 import json
 import os
-import resource
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-from machine import machine
+from machine import machine, tree_cpu
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
@@ -62,23 +70,96 @@ from cocov_jobs.testing.processes import CLI, cli_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PUSH_TEMPLATE = ROOT / "tests" / "data" / "github" / "push.json"
+LUA_SCRIPT = ROOT / "bench" / "ingress.lua"
 RESULTS_PATH = ROOT / "bench" / "results" / "ingress.json"
 #: Webhook secret the server is started with.
 SECRET = "bench-webhook-secret"
-#: Seconds to wait for the server to become ready, and for any single request.
+#: Seconds to wait for the server to become ready, or to stop.
 TIMEOUT = 60.0
 #: First GitHub id of the seeded repositories.
 GITHUB_ID_BASE = 700_000_000
+#: The variable fields of a delivery's body, in the order of a request line's values.
+FIELDS = ("repository_id", "repository", "ref", "sha", "message", "author")
+#: Goal 3 of issue 12.
+GOAL_REQUESTS_PER_SECOND = 1000
+GOAL_P99_MS = 50
 
 
 class BenchError(Exception):
     """The run lost or mangled something."""
 
 
-@dataclass(frozen=True)
-class Delivery:
-    body: bytes
-    headers: dict[str, str]
+# Deliveries ------------------------------------------------------------------------------------
+
+
+def _marker(field: str) -> str:
+    return f"@@{field}@@"
+
+
+def body_template() -> tuple[list[str], list[int]]:
+    """GitHub's push payload as JSON text cut at the variable fields: (pieces, field order)."""
+    body = json.loads(PUSH_TEMPLATE.read_text())
+    sha, repository = _marker("sha"), _marker("repository")
+    body["repository"] = body["repository"] | {
+        "id": 0,  # replaced below: an integer in the JSON text
+        "name": repository,
+        "full_name": f"acme/{repository}",
+    }
+    body["ref"] = _marker("ref")
+    body["after"] = sha
+    body["head_commit"] = body["head_commit"] | {
+        "id": sha,
+        "message": _marker("message"),
+        "author": {"name": _marker("author"), "email": f"{_marker('author')}@acme.example"},
+    }
+    text = json.dumps(body).replace('"id": 0,', f'"id": {_marker("repository_id")},', 1)
+    parts = re.split("@@(" + "|".join(FIELDS) + ")@@", text)
+    pieces, names = parts[0::2], parts[1::2]
+    if any("\1" in piece for piece in pieces):
+        raise BenchError("the push template contains byte 0x01")
+    return pieces, [FIELDS.index(name) for name in names]
+
+
+def field_values(i: int, repositories: int, branches: int) -> list[str]:
+    """Delivery ``i``'s field values (JSON text fragments), in :data:`FIELDS` order."""
+    repo = i % repositories + 1
+    branch = "main" if i % branches == 0 else f"feature-{i % branches}"
+    return [
+        str(GITHUB_ID_BASE + repo),
+        f"service-{repo}",
+        f"refs/heads/{branch}",
+        hashlib.sha1(f"bench-commit-{i}".encode()).hexdigest(),
+        f"Change {i}\\n\\nA realistic multi-line commit message body.",
+        f"dev{i % 17}",
+    ]
+
+
+def render(pieces: list[str], order: list[int], values: list[str]) -> bytes:
+    """The body the Lua script assembles from ``values``."""
+    parts = [pieces[0]]
+    for field, piece in zip(order, pieces[1:], strict=True):
+        parts += [values[field], piece]
+    return "".join(parts).encode()
+
+
+def prepare(directory: Path, count: int, repositories: int, branches: int) -> int:
+    """Write the Lua script's data files for ``count`` deliveries; their mean body size."""
+    pieces, order = body_template()
+    (directory / "template").write_bytes(
+        (",".join(str(i) for i in order) + "\n" + "\1".join(pieces)).encode()
+    )
+    total = 0
+    key = SECRET.encode()
+    with (directory / "requests").open("w") as out:
+        for i in range(count):
+            values = field_values(i, repositories, branches)
+            body = render(pieces, order, values)
+            if i == 0:
+                json.loads(body)  # the server must be able to parse what the script sends
+            total += len(body)
+            signature = "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+            out.write("\t".join([str(uuid.uuid4()), signature, *values]) + "\n")
+    return total // count
 
 
 # Stores and server -----------------------------------------------------------------------------
@@ -104,7 +185,9 @@ async def bench_database(server_url: str, repositories: int) -> AsyncIterator[st
 
 
 @contextlib.contextmanager
-def web_server(database_url: str, redis_url: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def web_server(
+    database_url: str, redis_url: str, port: int, workers: int
+) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m cocov_jobs web`` on 127.0.0.1:``port``; stopped (SIGTERM) on exit."""
     env = cli_env(
         COCOV_DATABASE_URL=database_url,
@@ -113,12 +196,10 @@ def web_server(database_url: str, redis_url: str, port: int) -> Iterator[subproc
         COCOV_GITHUB_WEBHOOK_SECRET_KEY=SECRET,
         COCOV_LOG_FORMAT="json",
     )
-    process = subprocess.Popen(
-        [*CLI, "web", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [*CLI, "web", "--host", "127.0.0.1", "--port", str(port)]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield process
     finally:
@@ -129,88 +210,61 @@ def web_server(database_url: str, redis_url: str, port: int) -> Iterator[subproc
             process.kill()
 
 
-async def wait_ready(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as client, asyncio.timeout(TIMEOUT):
-        while True:
+async def wait_ready(base_url: str, process: subprocess.Popen[bytes], workers: int) -> None:
+    """Until the readiness probe answers 200 (from every worker: ``workers`` answers in a row
+    on fresh connections, which the kernel spreads over the listening processes)."""
+    async with asyncio.timeout(TIMEOUT):
+        ready = 0
+        while ready < 4 * workers:
             if process.poll() is not None:
                 raise BenchError(f"the web server exited with status {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/system/probes/readiness")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
+            async with httpx.AsyncClient(base_url=base_url) as client:
+                try:
+                    ok = (await client.get("/system/probes/readiness")).status_code == 200
+                except httpx.TransportError:
+                    ok = False
+            ready = ready + 1 if ok else 0
+            if not ok:
+                await asyncio.sleep(0.1)
 
 
-# Payloads and clients --------------------------------------------------------------------------
+# The run ---------------------------------------------------------------------------------------
 
 
-def deliveries(count: int, repositories: int, branches: int) -> list[Delivery]:
-    """``count`` signed push deliveries, round-robin over repositories and branches."""
-    template = json.loads(PUSH_TEMPLATE.read_text())
-    prepared = []
-    for i in range(count):
-        repo = i % repositories + 1
-        body = dict(template)
-        sha = hashlib.sha1(f"bench-commit-{i}".encode()).hexdigest()
-        name = f"service-{repo}"
-        body["repository"] = template["repository"] | {
-            "id": GITHUB_ID_BASE + repo,
-            "name": name,
-            "full_name": f"acme/{name}",
-        }
-        body["ref"] = f"refs/heads/{'main' if i % branches == 0 else f'feature-{i % branches}'}"
-        body["after"] = sha
-        body["head_commit"] = template["head_commit"] | {
-            "id": sha,
-            "message": f"Change {i}\n\nA realistic multi-line commit message body.",
-            "author": {"name": f"Dev {i % 17}", "email": f"dev{i % 17}@acme.example"},
-        }
-        raw = json.dumps(body).encode()
-        prepared.append(
-            Delivery(
-                raw,
-                {
-                    "Content-Type": "application/json",
-                    "User-Agent": "GitHub-Hookshot/bench",
-                    "X-GitHub-Event": "push",
-                    "X-GitHub-Delivery": str(uuid.uuid4()),
-                    "X-Hub-Signature-256": "sha256="
-                    + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest(),
-                },
-            )
-        )
-    return prepared
+def run_wrk(args: argparse.Namespace, url: str, data: Path) -> dict[str, Any]:
+    """Run wrk with the Lua script; its ``WRK_RESULT`` figures."""
+    command = [
+        "wrk",
+        f"--threads={args.threads}",
+        f"--connections={args.connections}",
+        f"--duration={args.duration}s",
+        f"--timeout={int(TIMEOUT)}s",
+        f"--script={LUA_SCRIPT}",
+        url,
+        "--",
+        str(data),
+        str(args.threads),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + TIMEOUT)
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited with status {done.returncode}: {done.stderr.strip()}")
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            return dict(json.loads(line.removeprefix("WRK_RESULT ")))
+    raise BenchError(f"wrk printed no result: {done.stdout} {done.stderr}")
 
 
-async def send_all(
-    base_url: str, work: list[Delivery], clients: int
-) -> tuple[float, list[float], dict[str, int]]:
-    """Send every delivery from ``clients`` concurrent clients: (wall s, latencies, outcomes)."""
-    pending = iter(work)
-    latencies: list[float] = []
-    outcomes: dict[str, int] = {}
-
-    async def client_loop() -> None:
-        async with httpx.AsyncClient(
-            base_url=base_url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=1)
-        ) as client:
-            for delivery in pending:
-                started = time.perf_counter()
-                response = await client.post(
-                    "/v1/github/events", content=delivery.body, headers=delivery.headers
-                )
-                latencies.append(time.perf_counter() - started)
-                key = f"{response.status_code} {response.json().get('outcome', '')}".strip()
-                outcomes[key] = outcomes.get(key, 0) + 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(clients)))
-    return time.perf_counter() - started, latencies, outcomes
+def answers(data: Path, threads: int) -> list[tuple[int, dict[str, Any]]]:
+    """Every answer wrk read: (status, JSON body)."""
+    read = []
+    for k in range(threads):
+        for line in (data / f"answers-{k}").read_text().splitlines():
+            status, _, body = line.partition("\t")
+            read.append((int(status), json.loads(body)))
+    return read
 
 
-# Checks and report -----------------------------------------------------------------------------
-
-
-async def recorded(database_url: str) -> dict[str, int]:
+async def recorded(database_url: str) -> tuple[dict[str, int], set[str]]:
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         row = await conn.fetchrow(
@@ -226,86 +280,139 @@ async def recorded(database_url: str) -> dict[str, int]:
                    (SELECT count(*) FROM branches) AS branches
             """
         )
+        ids = {
+            r[0] for r in await conn.fetch("SELECT delivery_id FROM cocov_jobs_webhook_deliveries")
+        }
     finally:
         await conn.close()
     assert row is not None
-    return {key: int(value) for key, value in row.items()}
+    return {key: int(value) for key, value in row.items()}, ids
 
 
-def check(requests: int, outcomes: dict[str, int], counts: dict[str, int]) -> None:
+def check(
+    figures: dict[str, Any],
+    read: list[tuple[int, dict[str, Any]]],
+    counts: dict[str, int],
+    ids: set[str],
+    sent: list[str],
+) -> None:
     problems = []
-    if outcomes != {"202 applied": requests}:
-        problems.append(f"answers {outcomes}, expected {requests} × '202 applied'")
-    for key in ("deliveries", "commits", "process_commit_jobs"):
-        if counts[key] != requests:
-            problems.append(f"{counts[key]} {key}, expected {requests}")
+    errors = {k: v for k, v in figures["errors"].items() if v}
+    if errors:
+        problems.append(f"wrk errors (socket errors, non-2xx answers): {errors}")
+    if figures["exhausted"]:
+        problems.append(f"wrk ran out of prepared deliveries ({figures['exhausted']} more asked)")
+    outcomes: dict[str, int] = {}
+    for status, body in read:
+        key = f"{status} {body.get('outcome', body.get('code', ''))}"
+        outcomes[key] = outcomes.get(key, 0) + 1
+    if set(outcomes) != {"202 applied"}:
+        problems.append(f"answers {outcomes}, expected only '202 applied'")
+    answered = {str(body.get("delivery_id")) for _, body in read}
+    if len(answered) != len(read):
+        problems.append(f"{len(read) - len(answered)} deliveries answered twice")
+    if missing := answered - ids:
+        problems.append(f"{len(missing)} answered deliveries not recorded (lost)")
+    if unknown := ids - set(sent):
+        problems.append(f"{len(unknown)} recorded deliveries were never prepared")
+    if len(ids) > len(read) + figures["connections"]:
+        problems.append(f"{len(ids) - len(read)} recorded deliveries without an answer")
+    for key in ("commits", "process_commit_jobs"):
+        if counts[key] != counts["deliveries"]:
+            problems.append(f"{counts[key]} {key}, expected {counts['deliveries']}")
     if counts["foreign_heads"] or counts["process_webhook_jobs"]:
         problems.append(f"unexpected rows: {counts}")
     if problems:
         raise BenchError("; ".join(problems))
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def client_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+@contextlib.contextmanager
+def profiled(pid: int, path: Path | None, duration: int) -> Iterator[None]:
+    """py-spy recording ``pid`` (and its children) into ``path`` while the block runs."""
+    if path is None:
+        yield
+        return
+    if shutil.which("py-spy") is None:
+        raise BenchError("--profile needs py-spy (pip install py-spy)")
+    fmt = "speedscope" if path.suffix == ".json" else "flamegraph"
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200",
+         "--duration", str(duration), "--format", fmt, "--output", str(path), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        spy.wait(timeout=TIMEOUT)
 
 
 async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> dict[str, Any]:
-    work = deliveries(args.requests, args.repositories, args.branches)
-    async with bench_database(server_url, args.repositories) as database_url:
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        with web_server(database_url, redis_url, port) as process:
-            await wait_ready(base_url, process)
-            cpu_before = server_cpu_seconds(process.pid), client_cpu_seconds()
-            wall, latencies, outcomes = await send_all(base_url, work, args.clients)
-            cpu = (
-                server_cpu_seconds(process.pid) - cpu_before[0],
-                client_cpu_seconds() - cpu_before[1],
-            )
-        counts = await recorded(database_url)
-    check(args.requests, outcomes, counts)
+    with tempfile.TemporaryDirectory(prefix="cocov-bench-ingress-wrk-") as tmp:
+        data = Path(tmp)
+        mean_body = prepare(data, args.requests, args.repositories, args.branches)
+        sent_lines = (data / "requests").read_text().splitlines()
+        async with bench_database(server_url, args.repositories) as database_url:
+            port = free_port()
+            base_url = f"http://127.0.0.1:{port}"
+            with web_server(database_url, redis_url, port, args.workers) as process:
+                await wait_ready(base_url, process, args.workers)
+                load_before = os.getloadavg()
+                cpu_before, clock = tree_cpu([process.pid]), time.monotonic()
+                with profiled(process.pid, args.profile, args.duration):
+                    figures = await asyncio.to_thread(run_wrk, args, base_url, data)
+                cpu = tree_cpu([process.pid]) - cpu_before
+                wall = time.monotonic() - clock
+                load_after = os.getloadavg()
+            read = answers(data, args.threads)
+            counts, ids = await recorded(database_url)
+    figures["connections"] = args.connections
+    sent = [line.split("\t", 1)[0] for line in sent_lines]
+    check(figures, read, counts, ids, sent)
+    seconds = figures["duration_us"] / 1e6
+    latency = figures["latency_us"]
+    rate = figures["requests"] / seconds
     return {
-        "requests": args.requests,
-        "clients": args.clients,
+        "workers": args.workers,
+        "connections": args.connections,
+        "wrk_threads": args.threads,
         "repositories": args.repositories,
         "branches_per_repository": args.branches,
-        "mean_body_bytes": round(statistics.mean(len(d.body) for d in work)),
-        "seconds": round(wall, 3),
-        "requests_per_second": round(args.requests / wall, 1),
-        "latency_ms": {
-            "p50": round(percentile(latencies, 0.50) * 1000, 2),
-            "p99": round(percentile(latencies, 0.99) * 1000, 2),
-            "max": round(max(latencies) * 1000, 2),
+        "mean_body_bytes": mean_body,
+        "seconds": round(seconds, 3),
+        "requests": figures["requests"],
+        "requests_per_second": round(rate, 1),
+        "latency_ms": {k: round(latency[k] / 1000, 2) for k in ("p50", "p90", "p99", "max")},
+        "server_cpu_seconds": round(cpu, 2),
+        "server_cpu_ms_per_request": round(cpu / figures["requests"] * 1000, 3),
+        "server_cores_busy": round(cpu / wall, 2),
+        "load_average_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+        "goal": {
+            "requests_per_second": GOAL_REQUESTS_PER_SECOND,
+            "p99_ms": GOAL_P99_MS,
+            "met": rate >= GOAL_REQUESTS_PER_SECOND and latency["p99"] / 1000 <= GOAL_P99_MS,
         },
-        "cpu_seconds": {"server": round(cpu[0], 2), "client": round(cpu[1], 2)},
-        "server_cpu_ms_per_request": round(cpu[0] / args.requests * 1000, 2),
-        "answers": outcomes,
         "recorded": counts,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--duration", type=int, default=10, help="seconds wrk runs")
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument("--workers", type=int, default=1, help="web --workers N")
+    parser.add_argument("--requests", type=int, default=30_000, help="deliveries prepared")
     parser.add_argument("--repositories", type=int, default=5)
     parser.add_argument("--branches", type=int, default=4)
     parser.add_argument("--database-url", default=os.environ.get("COCOV_TEST_DATABASE_URL"))
     parser.add_argument("--redis-url", default=os.environ.get("COCOV_TEST_REDIS_URL", ""))
     parser.add_argument("--results", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output file")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("FAILED: wrk is not installed (make bench-packages)", file=sys.stderr)
+        return 1
     info = machine()
     print("Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     with (
@@ -325,15 +432,21 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     latency = result["latency_ms"]
     print(
-        f"{result['requests']} push webhooks from {result['clients']} clients in"
-        f" {result['seconds']} s: {result['requests_per_second']} requests/s,"
-        f" p50 {latency['p50']} ms, p99 {latency['p99']} ms (max {latency['max']} ms)"
+        f"web --workers {result['workers']}: {result['requests']} signed push webhooks from"
+        f" {result['connections']} connections in {result['seconds']} s:"
+        f" {result['requests_per_second']} requests/s, p50 {latency['p50']} ms,"
+        f" p99 {latency['p99']} ms (max {latency['max']} ms)"
     )
     print(
-        f"CPU during the sends: server {result['cpu_seconds']['server']} s"
-        f" ({result['server_cpu_ms_per_request']} ms/request),"
-        f" clients {result['cpu_seconds']['client']} s, wall {result['seconds']} s"
+        f"Server CPU {result['server_cpu_seconds']} s: {result['server_cpu_ms_per_request']}"
+        f" ms/request ({result['server_cores_busy']} cores busy); load average"
+        f" {result['load_average_1m']['before']} → {result['load_average_1m']['after']}"
         f" on {info['nproc']} cores"
+    )
+    goal = result["goal"]
+    print(
+        f"Goal ≥ {goal['requests_per_second']} requests/s with p99 ≤ {goal['p99_ms']} ms:"
+        f" {'MET' if goal['met'] else 'NOT MET'}"
     )
     print(f"Recorded: {result['recorded']} — none lost")
     document = {
@@ -341,11 +454,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "bench/ingress.py", *(argv or sys.argv[1:])]),
         "machine": info,
         "stores": found.embedded or "configured",
+        "load_generator": "wrk " + " ".join(wrk_version().split()[1:2]),
         **result,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(document, indent=2) + "\n")
     return 0
+
+
+def wrk_version() -> str:
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+    return (done.stdout or done.stderr).splitlines()[0]
 
 
 if __name__ == "__main__":

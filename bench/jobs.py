@@ -100,6 +100,7 @@ from engine import (
     sidekiq_push,
     write_results,
 )
+from machine import tree_cpu
 
 from cocov_jobs import contracts
 from cocov_jobs import jobs as product_jobs
@@ -217,36 +218,6 @@ QUICK = Sizes(
     counted_jobs=20,
     compared_jobs=1_000,
 )
-
-
-# CPU of a process tree -----------------------------------------------------------------------
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(roots: list[int]) -> float:
-    """CPU seconds (user + system, reaped children included) of ``roots`` and every process
-    descending from them, read from ``/proc``."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:  # exited meanwhile
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        ticks[pid] = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    members = set(roots) & ticks.keys()
-    grew = True
-    while grew:
-        found = {pid for pid, parent in parents.items() if parent in members} - members
-        members |= found
-        grew = bool(found)
-    return sum(ticks[pid] for pid in members) / CLOCK_TICKS
 
 
 # One job's world: database, GitHub fake, storage -----------------------------------------------
