@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     web_header_timeout: float = Field(default=10.0, gt=0)
     #: Seconds a client has to send a request's whole body.
     web_body_timeout: float = Field(default=60.0, gt=0)
+    #: Web server processes ``cocov-jobs web`` runs under one supervisor, sharing its socket.
+    web_workers: int = Field(default=1, ge=1, le=256)
     worker_concurrency: int = Field(default=10, ge=1, le=1000)
     #: Worker processes ``cocov-jobs worker`` runs under one supervisor; 0 = one per core.
     worker_processes: int = Field(default=0, ge=0, le=256)

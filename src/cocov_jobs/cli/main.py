@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import json
 import os
@@ -40,7 +41,13 @@ from cocov_jobs.cli.common import (
     warn_if_listing_misses_cocov,
 )
 from cocov_jobs.cli.sidekiq import sidekiq_app
-from cocov_jobs.cli.supervisor import Supervisor, child_argv, child_env
+from cocov_jobs.cli.supervisor import (
+    WEB_FORWARDED,
+    Supervisor,
+    child_argv,
+    child_env,
+    web_child_argv,
+)
 from cocov_jobs.cli.tables import (
     metrics_table,
     plain_row,
@@ -228,20 +235,65 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
 def web(
     host: Annotated[str | None, typer.Option(metavar="HOST", help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(metavar="PORT", help="Port.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="N",
+            help="Web server processes sharing the port, under one supervisor.",
+        ),
+    ] = None,
+    child_fd: Annotated[int | None, typer.Option("--child-fd", hidden=True)] = None,
 ) -> None:
     """Serve HTTP only (webhooks, uploads, API, dashboard, metrics, probes)."""
     settings = load()
 
     address = (host or settings.web_host, port if port is not None else settings.web_port)
+    count = workers if workers is not None else settings.web_workers
+    if count > 1 and child_fd is None:
+        raise typer.Exit(supervise_web(settings, address, count))
 
     async def body(services: Services, found: Stores) -> None:
-        sock = listen(*address, WEB_ADDRESS)
-        await migrate_embedded(services, found)
+        if child_fd is None:
+            sock = listen(*address, WEB_ADDRESS)
+            await migrate_embedded(services, found)
+        else:
+            sock = socket.socket(fileno=child_fd)
         app_ = create_app(services)
         server = uvicorn.Server(server_config(app_, host=address[0], port=address[1]))
+        # What start-up allocated lives as long as the process: keep it out of the collector's
+        # generations, so that collections during requests stay short.
+        gc.collect()
+        gc.freeze()
         await server.serve(sockets=[sock])
 
-    run_async(settings, body, redis="require")
+    run_async(settings, body, redis="require", fast_loop=True)
+
+
+def supervise_web(settings: Settings, address: tuple[str, int], processes: int) -> int:
+    """Run ``processes`` web children on one listening socket (see
+    :mod:`cocov_jobs.cli.supervisor`); exit status."""
+
+    async def body(services: Services, found: Stores) -> int:
+        sock = listen(*address, WEB_ADDRESS)
+        await migrate_embedded(services, found)
+        supervisor = Supervisor(
+            web_child_argv(sock.fileno()),
+            child_env(found.database_url, found.redis_url, found.redis_cache_url),
+            processes,
+            burst=False,
+            kind="web",
+            pass_fds=[sock.fileno()],
+            forwarded=WEB_FORWARDED,
+        )
+        supervisor.install_signal_handlers()
+        log.info("web listening", host=address[0], port=address[1], processes=processes)
+        try:
+            return await supervisor.run()
+        finally:
+            sock.close()
+
+    return run_async(settings, body, redis="require")
 
 
 @db_app.command("upgrade")

@@ -1,12 +1,16 @@
-"""``cocov-jobs worker --processes N``: N worker processes under one supervisor.
+"""``cocov-jobs worker --processes N`` and ``web --workers N``: N processes under one supervisor.
 
-One Python process runs jobs on one core; the supervisor starts ``N`` of them (``cocov-jobs
-worker --child``, which run jobs only) and itself serves the Sidekiq probe server and runs the
-periodic scheduler, so there is one of each however many children run.
+One Python process runs on one core. For ``worker`` the supervisor starts ``N`` worker
+processes (``cocov-jobs worker --child``, which run jobs only) and itself serves the Sidekiq
+probe server and runs the periodic scheduler, so there is one of each however many children
+run. For ``web`` it opens the listening socket and starts ``N`` web processes
+(``cocov-jobs web --child-fd FD``) that inherit it and accept from it, the kernel handing each
+connection to one of them.
 
-* ``SIGTERM`` / ``SIGINT`` / ``SIGTSTP`` are forwarded to every child (each then behaves as a
-  single worker does: drain within ``COCOV_SHUTDOWN_TIMEOUT``, or quiet); the supervisor exits
-  once every child has, with status 0 when every child exited 0.
+* ``SIGTERM`` / ``SIGINT`` (and, for workers, ``SIGTSTP``) are forwarded to every child (each
+  then behaves as a single process does: a worker drains within ``COCOV_SHUTDOWN_TIMEOUT`` or
+  goes quiet, a web process finishes its requests); the supervisor exits once every child has,
+  with status 0 when every child exited 0.
 * A child that exits while the supervisor is not stopping (crash, SIGKILL, out of memory) is
   started again after :data:`RESTART_DELAY` seconds, doubling up to :data:`RESTART_MAX_DELAY`
   while children keep dying within :data:`STABLE_SECONDS` of their start. Its jobs are picked
@@ -38,13 +42,15 @@ RESTART_DELAY = 1.0
 RESTART_MAX_DELAY = 30.0
 #: A child that ran this long before dying resets the restart delay.
 STABLE_SECONDS = 60.0
-#: Signals forwarded to every child.
+#: Signals forwarded to every worker child.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGTSTP)
+#: Signals forwarded to every web child (SIGTSTP would suspend a web server).
+WEB_FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
 class Child:
-    """One worker process and the delay before it is started again."""
+    """One child process and the delay before it is started again."""
 
     index: int
     process: asyncio.subprocess.Process | None = None
@@ -54,20 +60,35 @@ class Child:
 
 
 class Supervisor:
-    """Starts ``processes`` children running ``argv`` with ``env`` and keeps them running."""
+    """Starts ``processes`` children running ``argv`` with ``env`` and keeps them running.
+
+    ``kind`` names them in log lines; ``pass_fds`` are inherited by every child; ``forwarded``
+    are the signals passed on to them.
+    """
 
     def __init__(
-        self, argv: Sequence[str], env: dict[str, str], processes: int, *, burst: bool
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        processes: int,
+        *,
+        burst: bool,
+        kind: str = "worker",
+        pass_fds: Sequence[int] = (),
+        forwarded: Sequence[signal.Signals] = FORWARDED,
     ) -> None:
         self.argv = list(argv)
         self.env = env
         self.burst = burst
+        self.kind = kind
+        self.pass_fds = tuple(pass_fds)
+        self.forwarded = tuple(forwarded)
         self.children = [Child(i) for i in range(processes)]
         self._stopping = False
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in FORWARDED:
+        for signum in self.forwarded:
             loop.add_signal_handler(signum, self.forward, signum)
 
     def forward(self, signum: int) -> None:
@@ -87,9 +108,9 @@ class Supervisor:
     async def _start(self, child: Child) -> asyncio.subprocess.Process:
         child.started = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, preexec_fn=_die_with_parent
+            *self.argv, env=self.env, preexec_fn=_die_with_parent, pass_fds=self.pass_fds
         )
-        log.info("worker process started", child=child.index, pid=child.process.pid)
+        log.info(f"{self.kind} process started", child=child.index, pid=child.process.pid)
         return child.process
 
     async def _keep(self, child: Child) -> int:
@@ -106,7 +127,7 @@ class Supervisor:
                 else min(child.restart_delay * 2, RESTART_MAX_DELAY)
             )
             log.warning(
-                "worker process exited; starting it again",
+                f"{self.kind} process exited; starting it again",
                 child=child.index,
                 pid=process.pid,
                 exit_code=code,
@@ -135,6 +156,11 @@ def child_argv(concurrency: int | None, burst: bool) -> list[str]:
     if burst:
         argv.append("--burst")
     return argv
+
+
+def web_child_argv(fd: int) -> list[str]:
+    """The command line of one web child: this program's ``web --child-fd FD``."""
+    return [sys.executable, "-m", "cocov_jobs", "web", "--child-fd", str(fd)]
 
 
 def child_env(database_url: str, redis_url: str, redis_cache_url: str) -> dict[str, str]:

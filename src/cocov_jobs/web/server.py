@@ -8,6 +8,9 @@ place (:func:`server_config`): trusted proxies, connection limit, header deadlin
   (:class:`HeaderDeadlineProtocol`): uvicorn alone waits forever for a client that sends
   nothing or trickles its headers. Bodies have their own deadline (:mod:`~cocov_jobs.web.body`).
 * At most :data:`MAX_CONNECTIONS` connections are served at once; requests beyond get 503.
+* HTTP is parsed by httptools (uvicorn's C parser) rather than h11 (pure Python). Accepted
+  sockets have ``TCP_NODELAY`` set (asyncio's and uvloop's transports both set it), so a small
+  answer is not held back by Nagle's algorithm.
 """
 
 from __future__ import annotations
@@ -16,26 +19,38 @@ import asyncio
 import contextlib
 from collections.abc import Generator
 
-import h11
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 #: Connections (or running requests) served at once; requests beyond are answered 503.
 MAX_CONNECTIONS = 1000
 
 
-class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections whose request headers come too late."""
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing connections whose request headers come too late.
+
+    The deadline is armed when the connection opens and after each answer; when it expires
+    while every request whose headers arrived has been answered (none is running or queued
+    behind another: pipelining), the connection is closed.
+    """
 
     header_timeout: float = 10.0
     _deadline: asyncio.TimerHandle | None = None
+    #: Requests whose headers arrived whole, and requests answered, on this connection.
+    _headers_received = 0
+    _answered = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
+    def on_headers_complete(self) -> None:
+        self._headers_received += 1
+        super().on_headers_complete()
+
     def on_response_complete(self) -> None:
+        self._answered += 1
         super().on_response_complete()
         self._arm()
 
@@ -56,7 +71,7 @@ class HeaderDeadlineProtocol(H11Protocol):
     def _expire(self) -> None:
         """Close the connection unless a request's headers arrived meanwhile."""
         self._deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self._headers_received == self._answered and not self.transport.is_closing():
             self.transport.close()
 
 
