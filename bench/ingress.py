@@ -32,7 +32,8 @@ fresh database ``cocov_bench_ingress_<random>`` is created, migrated and dropped
 Figures go to stdout and ``bench/results/ingress.json`` (``--results``).
 
 ``--profile FILE`` also records the server with py-spy (``pip install py-spy``) during the run
-(speedscope JSON when FILE ends in ``.json``, else a flame graph SVG); the figures of such a
+(speedscope JSON when FILE ends in ``.json``, collapsed stacks when ``.txt``, else a flame
+graph SVG); the figures of such a
 run include the sampling's cost.
 
 Usage: ``python bench/ingress.py [--duration 10] [--connections 20] [--workers 1]``
@@ -332,11 +333,12 @@ def profiled(pid: int, path: Path | None, duration: int) -> Iterator[None]:
     if path is None:
         yield
         return
-    if shutil.which("py-spy") is None:
+    spy_bin = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if spy_bin is None:
         raise BenchError("--profile needs py-spy (pip install py-spy)")
-    fmt = "speedscope" if path.suffix == ".json" else "flamegraph"
+    fmt = {".json": "speedscope", ".txt": "raw"}.get(path.suffix, "flamegraph")
     spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--rate", "200",
+        [spy_bin, "record", "--pid", str(pid), "--subprocesses", "--rate", "200",
          "--duration", str(duration), "--format", fmt, "--output", str(path), "--nonblocking"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

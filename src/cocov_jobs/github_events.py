@@ -31,6 +31,9 @@ Repositories are found by ``repository.id`` (``repositories.github_id``), users 
 ``member.id`` or ``membership.user.id`` (``users.github_id``); an unknown one makes that rule a
 no-op, as does any other event. A payload missing what a rule must write (the head commit's
 sha, a renamed repository's name) raises :class:`MalformedPayload`, a permanent error.
+
+Statements go straight to the session's asyncpg connection, in its transaction (a push is
+registered by one statement: :func:`~cocov_jobs.registration.register_pushed_commit`).
 """
 
 from __future__ import annotations
@@ -42,13 +45,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.gitstore.layout import check_sha
-from cocov_jobs.registration import register_head_commit
+from cocov_jobs.registration import register_pushed_commit
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +60,22 @@ BRANCH_REF_PREFIX = "refs/heads/"
 MAX_GITHUB_ID = 2**31 - 1
 
 Payload = dict[str, Any]
-_NOTE_DELIVERY = text(
-    "UPDATE cocov_jobs_webhook_deliveries SET note = :note WHERE delivery_id = :id"
+_NOTE_DELIVERY = "UPDATE cocov_jobs_webhook_deliveries SET note = $2 WHERE delivery_id = $1"
+_REPOSITORY = "SELECT id, name FROM repositories WHERE github_id = $1"
+_USER = "SELECT id FROM users WHERE github_id = $1"
+_BRANCH = "SELECT id FROM branches WHERE repository_id = $1 AND name = $2"
+#: A branch's histories, then the branch.
+_DELETE_BRANCH = (
+    *(f"DELETE FROM {history} WHERE branch_id IN ({_BRANCH})"
+      for history in ("coverage_histories", "issue_histories")),
+    "DELETE FROM branches WHERE repository_id = $1 AND name = $2",
+)  # fmt: skip
+_COPY_DETAILS = (
+    "UPDATE repositories SET description = $2, default_branch = COALESCE($3, default_branch),"
+    " updated_at = timezone('utc', now()) WHERE id = $1"
 )
+_NAME_HOLDER = "SELECT id FROM repositories WHERE name = $1 AND id <> $2"
+_RENAME = "UPDATE repositories SET name = $2, updated_at = timezone('utc', now()) WHERE id = $1"
 AfterCommit = Callable[[], Awaitable[None]]
 
 
@@ -128,7 +143,8 @@ async def apply_event(
             await rule.handler(effects, payload)
             effects.handlers.append(rule.handler.__name__)
     if effects.notes:
-        await session.execute(_NOTE_DELIVERY, {"id": delivery_id, "note": "; ".join(effects.notes)})
+        connection = await queue.asyncpg_connection(session)
+        await connection.execute(_NOTE_DELIVERY, delivery_id, "; ".join(effects.notes))
         log.warning("webhook not fully applied", delivery_id=delivery_id, notes=effects.notes)
     return effects
 
@@ -157,12 +173,9 @@ async def _repository(effects: EventEffects, payload: Payload) -> tuple[int, str
     github_id = _github_id(_field(payload, "repository", "id"))
     if github_id is None:
         return None
-    row = (
-        await effects.session.execute(
-            text("SELECT id, name FROM repositories WHERE github_id = :id"), {"id": github_id}
-        )
-    ).one_or_none()
-    return (int(row.id), str(row.name)) if row is not None else None
+    connection = await queue.asyncpg_connection(effects.session)
+    row = await connection.fetchrow(_REPOSITORY, github_id)
+    return (int(row["id"]), str(row["name"])) if row is not None else None
 
 
 async def _user_id(effects: EventEffects, payload: Payload) -> int | None:
@@ -172,9 +185,8 @@ async def _user_id(effects: EventEffects, payload: Payload) -> int | None:
     )
     if github_id is None:
         return None
-    user_id = await effects.session.scalar(
-        text("SELECT id FROM users WHERE github_id = :id"), {"id": github_id}
-    )
+    connection = await queue.asyncpg_connection(effects.session)
+    user_id = await connection.fetchval(_USER, github_id)
     return int(user_id) if user_id is not None else None
 
 
@@ -191,18 +203,18 @@ async def register_push(effects: EventEffects, payload: Payload) -> None:
     head = payload.get("head_commit")
     if ref == branch or not branch or payload.get("deleted") is True or head is None:
         return
-    repository = await _repository(effects, payload)
-    if repository is None:
+    github_id = _github_id(_field(payload, "repository", "id"))
+    if github_id is None:
         return
     try:
         sha = check_sha(_text(_field(head, "id")).lower())
     except ValueError as exc:
         raise MalformedPayload(f"push head_commit.id: {exc}") from None
     before = _text(payload.get("before")).lower()
-    registration = await register_head_commit(
+    registration = await register_pushed_commit(
         effects.session,
         effects.redis,
-        repository_id=repository[0],
+        github_id=github_id,
         branch=branch,
         sha=sha,
         message=_text(_field(head, "message")),
@@ -210,6 +222,8 @@ async def register_push(effects: EventEffects, payload: Payload) -> None:
         author_email=_text(_field(head, "author", "email")),
         expected_head=None if payload.get("forced") is True else before,
     )
+    if registration is None:  # not a repository of ours
+        return
     if registration.kept_head is not None:
         effects.notes.append(
             f"head of {branch} not moved to {sha}: the push starts from {before or 'nothing'},"
@@ -225,15 +239,9 @@ async def delete_branch(effects: EventEffects, payload: Payload) -> None:
     repository = await _repository(effects, payload)
     if repository is None:
         return
-    params = {"repository_id": repository[0], "name": name}
-    branch = "SELECT id FROM branches WHERE repository_id = :repository_id AND name = :name"
-    for history in ("coverage_histories", "issue_histories"):
-        await effects.session.execute(
-            text(f"DELETE FROM {history} WHERE branch_id IN ({branch})"), params
-        )
-    await effects.session.execute(
-        text("DELETE FROM branches WHERE repository_id = :repository_id AND name = :name"), params
-    )
+    connection = await queue.asyncpg_connection(effects.session)
+    for statement in _DELETE_BRANCH:
+        await connection.execute(statement, repository[0], name)
 
 
 async def refresh_repository_permissions(effects: EventEffects, payload: Payload) -> None:
@@ -263,17 +271,12 @@ async def copy_repository_details(effects: EventEffects, payload: Payload) -> No
         return
     description = _field(payload, "repository", "description")
     default_branch = _field(payload, "repository", "default_branch")
-    await effects.session.execute(
-        text(
-            "UPDATE repositories SET description = :description,"
-            " default_branch = COALESCE(:default_branch, default_branch),"
-            " updated_at = timezone('utc', now()) WHERE id = :id"
-        ),
-        {
-            "id": repository[0],
-            "description": description if isinstance(description, str) else None,
-            "default_branch": default_branch if isinstance(default_branch, str) else None,
-        },
+    connection = await queue.asyncpg_connection(effects.session)
+    await connection.execute(
+        _COPY_DETAILS,
+        repository[0],
+        description if isinstance(description, str) else None,
+        default_branch if isinstance(default_branch, str) else None,
     )
 
 
@@ -287,10 +290,8 @@ async def rename_repository(effects: EventEffects, payload: Payload) -> None:
         raise MalformedPayload("renamed repository without repository.name")
     if new_name == old_name:
         return
-    holder = await effects.session.scalar(
-        text("SELECT id FROM repositories WHERE name = :name AND id <> :id"),
-        {"name": new_name, "id": repository_id},
-    )
+    connection = await queue.asyncpg_connection(effects.session)
+    holder = await connection.fetchval(_NAME_HOLDER, new_name, repository_id)
     if holder is not None:
         # GitHub names are unique in an organization: the other row is stale (a rename or a
         # deletion we never heard of). Retrying cannot help; an operator must decide.
@@ -298,13 +299,7 @@ async def rename_repository(effects: EventEffects, payload: Payload) -> None:
             f"cannot rename repository {repository_id} to {new_name!r}: it is already the name"
             f" of repository {holder}"
         )
-    await effects.session.execute(
-        text(
-            "UPDATE repositories SET name = :name, updated_at = timezone('utc', now())"
-            " WHERE id = :id"
-        ),
-        {"id": repository_id, "name": new_name},
-    )
+    await connection.execute(_RENAME, repository_id, new_name)
     await queue.enqueue(
         effects.session, "move_repository_storage", repository_id=repository_id, old_name=old_name
     )

@@ -15,6 +15,10 @@ Whoever decides whether commit ``sha`` exists — registration, and a coverage u
 between processing and holding — first takes :func:`lock_commit`, a transaction-level advisory
 lock. Without it an upload could miss a commit being registered and hold its coverage after the
 registration looked for it: never processed.
+
+Statements go straight to the session's asyncpg connection (prepared once per connection by
+asyncpg's statement cache), in the session's transaction: a push webhook runs them on every
+request (docs/decisions.md, 32).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs import contracts
@@ -35,50 +38,71 @@ from cocov_jobs.ruby_text import parse_ruby_string_hash
 
 log = structlog.get_logger(__name__)
 
-_UPSERT_COMMIT = text(
-    """
-    INSERT INTO commits (repository_id, sha, message, author_name, author_email, clone_status,
-                         created_at, updated_at)
-    VALUES (:repository_id, :sha, :message, :author_name, :author_email, :queued,
-            timezone('utc', now()), timezone('utc', now()))
-    ON CONFLICT (sha, repository_id) DO UPDATE SET sha = commits.sha
-    RETURNING id, clone_status, (xmax = 0) AS inserted,
-              EXISTS (SELECT 1 FROM check_sets WHERE check_sets.commit_id = commits.id) AS checked
-    """
-)
+#: The registration of a head commit in one statement (docs/decisions.md, 32): find the
+#: repository (``{match}``: by id, or by GitHub id for a push), take the commit's registration
+#: lock (:func:`lock_commit`: the scan of ``locked`` runs before the insert reads its rows),
+#: create or reuse the commit, move the branch head unless ``$8`` (a push's ``before``) is given
+#: and the branch's head is another commit. One row, or none when the repository is unknown:
+#: the commit, whether it was inserted and already processed, whether the head is (now) the
+#: commit, and the head as the statement found it.
+_REGISTER = """
+    WITH repository AS (
+        SELECT id FROM repositories WHERE {match} = $1
+    ), locked AS (
+        SELECT id, pg_advisory_xact_lock(
+                     hashtextextended('commit-registration:' || id || ':' || lower($2::text), 0))
+        FROM repository
+    ), upserted AS (
+        INSERT INTO commits (repository_id, sha, message, author_name, author_email,
+                             clone_status, created_at, updated_at)
+        SELECT id, $2, $4, $5, $6, $7, timezone('utc', now()), timezone('utc', now())
+        FROM locked
+        ON CONFLICT (sha, repository_id) DO UPDATE SET sha = commits.sha
+        RETURNING id, repository_id, clone_status, (xmax = 0) AS inserted,
+                  EXISTS (SELECT 1 FROM check_sets WHERE check_sets.commit_id = commits.id)
+                    AS checked
+    ), moved AS (
+        INSERT INTO branches (repository_id, name, head_id, created_at, updated_at)
+        SELECT repository_id, $3, id, timezone('utc', now()), timezone('utc', now())
+        FROM upserted
+        ON CONFLICT (repository_id, name)
+        DO UPDATE SET head_id = EXCLUDED.head_id, updated_at = EXCLUDED.updated_at
+        WHERE $8::text IS NULL
+           OR branches.head_id IS NULL
+           OR branches.head_id = EXCLUDED.head_id
+           OR branches.head_id = (SELECT id FROM commits
+                                  WHERE repository_id = EXCLUDED.repository_id AND sha = $8)
+        RETURNING head_id
+    )
+    SELECT u.id, u.repository_id, u.clone_status, u.inserted, u.checked,
+           EXISTS (SELECT 1 FROM moved) AS moved,
+           (SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id
+             WHERE b.repository_id = u.repository_id AND b.name = $3) AS head
+    FROM upserted u
+"""
+_REGISTER_BY_ID = _REGISTER.format(match="id")
+_REGISTER_BY_GITHUB_ID = _REGISTER.format(match="github_id")
 
-#: Moves the head unless ``:expected`` (a push's ``before``) is given and the branch's head is
-#: another commit; returns a row only when the head is (now) the commit.
-_MOVE_HEAD = text(
-    """
-    INSERT INTO branches (repository_id, name, head_id, created_at, updated_at)
-    VALUES (:repository_id, :name, :head_id, timezone('utc', now()), timezone('utc', now()))
-    ON CONFLICT (repository_id, name)
-    DO UPDATE SET head_id = EXCLUDED.head_id, updated_at = EXCLUDED.updated_at
-    WHERE CAST(:expected AS text) IS NULL
-       OR branches.head_id IS NULL
-       OR branches.head_id = EXCLUDED.head_id
-       OR branches.head_id = (SELECT id FROM commits
-                              WHERE repository_id = :repository_id AND sha = :expected)
-    RETURNING head_id
-    """
-)
-
-_HEAD_SHA = text(
+_HEAD_SHA = (
     "SELECT c.sha FROM branches b JOIN commits c ON c.id = b.head_id"
-    " WHERE b.repository_id = :repository_id AND b.name = :name"
+    " WHERE b.repository_id = $1 AND b.name = $2"
 )
 
-_RESET_COVERAGE = text(
-    """
-    INSERT INTO coverage_infos (commit_id, status, created_at, updated_at)
-    VALUES (:commit_id, :status, timezone('utc', now()), timezone('utc', now()))
-    ON CONFLICT (commit_id) DO UPDATE SET status = EXCLUDED.status,
-                                          updated_at = EXCLUDED.updated_at
-    """
-)
+#: Store an upload and mark its commit's coverage ``queued``.
+_QUEUE_COVERAGE = """
+    WITH upload AS (
+        INSERT INTO cocov_jobs_coverage_uploads (repository_id, sha, data)
+        VALUES ($1, $2, $3::jsonb) RETURNING id
+    ), reset AS (
+        INSERT INTO coverage_infos (commit_id, status, created_at, updated_at)
+        VALUES ($4, $5, timezone('utc', now()), timezone('utc', now()))
+        ON CONFLICT (commit_id) DO UPDATE SET status = EXCLUDED.status,
+                                              updated_at = EXCLUDED.updated_at
+    )
+    SELECT id FROM upload
+"""
 
-_LOCK_COMMIT = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_LOCK_COMMIT = "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))"
 
 _DELETE_IF_SAME = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -144,7 +168,8 @@ def _ruby_inspected_upload(pending: bytes | str) -> dict[str, str] | None:
 async def lock_commit(session: AsyncSession, repository_id: int, sha: str) -> None:
     """Wait for, then hold until the transaction ends, the registration lock of ``sha``."""
     key = f"commit-registration:{repository_id}:{sha.lower()}"
-    await session.execute(_LOCK_COMMIT, {"key": key})
+    connection = await queue.asyncpg_connection(session)
+    await connection.execute(_LOCK_COMMIT, key)
 
 
 @dataclass(frozen=True)
@@ -166,17 +191,9 @@ async def queue_coverage(
     """Store an upload (``coverage``: the JSON of its ``data`` map) for a known commit, mark its
     coverage ``queued``, enqueue processing. Runs in the caller's transaction.
     """
-    upload_id = (
-        await session.execute(
-            text(
-                "INSERT INTO cocov_jobs_coverage_uploads (repository_id, sha, data)"
-                " VALUES (:r, :s, CAST(:d AS jsonb)) RETURNING id"
-            ),
-            {"r": repository_id, "s": sha, "d": coverage},
-        )
-    ).scalar_one()
-    await session.execute(
-        _RESET_COVERAGE, {"commit_id": commit_id, "status": int(CoverageStatus.queued)}
+    connection = await queue.asyncpg_connection(session)
+    upload_id = await connection.fetchval(
+        _QUEUE_COVERAGE, repository_id, sha, coverage, commit_id, int(CoverageStatus.queued)
     )
     job_id = await queue.enqueue(
         session, "process_coverage", repository_id=repository_id, sha=sha, upload_id=upload_id
@@ -202,29 +219,87 @@ async def register_head_commit(
     the branch has no head yet: a replayed or late push never moves a head backwards. The
     commit is registered either way; ``kept_head`` then names the head left in place.
     """
-    await lock_commit(session, repository_id, sha)
-    row = (
-        await session.execute(
-            _UPSERT_COMMIT,
-            {
-                "repository_id": repository_id,
-                "sha": sha,
-                "message": message,
-                "author_name": author_name,
-                "author_email": author_email,
-                "queued": int(CloneStatus.queued),
-            },
-        )
-    ).one()
-    commit_id, created = int(row.id), bool(row.inserted)
-    processed = row.clone_status == CloneStatus.completed and row.checked
-    branch_key = {"repository_id": repository_id, "name": branch}
-    moved = await session.scalar(
-        _MOVE_HEAD, {**branch_key, "head_id": commit_id, "expected": expected_head}
+    registration = await _register(
+        session,
+        redis,
+        _REGISTER_BY_ID,
+        repository_id,
+        branch=branch,
+        sha=sha,
+        message=message,
+        author_name=author_name,
+        author_email=author_email,
+        expected_head=expected_head,
     )
+    if registration is None:
+        raise LookupError(f"repository {repository_id} does not exist")
+    return registration
+
+
+async def register_pushed_commit(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    *,
+    github_id: int,
+    branch: str,
+    sha: str,
+    message: str,
+    author_name: str,
+    author_email: str,
+    expected_head: str | None,
+) -> Registration | None:
+    """:func:`register_head_commit` for the repository of GitHub id ``github_id``; None when
+    there is no such repository here."""
+    return await _register(
+        session,
+        redis,
+        _REGISTER_BY_GITHUB_ID,
+        github_id,
+        branch=branch,
+        sha=sha,
+        message=message,
+        author_name=author_name,
+        author_email=author_email,
+        expected_head=expected_head,
+    )
+
+
+async def _register(
+    session: AsyncSession,
+    redis: aioredis.Redis,
+    statement: str,
+    match: int,
+    *,
+    branch: str,
+    sha: str,
+    message: str,
+    author_name: str,
+    author_email: str,
+    expected_head: str | None,
+) -> Registration | None:
+    connection = await queue.asyncpg_connection(session)
+    row = await connection.fetchrow(
+        statement,
+        match,
+        sha,
+        branch,
+        message,
+        author_name,
+        author_email,
+        int(CloneStatus.queued),
+        expected_head,
+    )
+    if row is None:
+        return None
+    repository_id = int(row["repository_id"])
+    commit_id, created = int(row["id"]), bool(row["inserted"])
+    processed = row["clone_status"] == CloneStatus.completed and row["checked"]
     registration = Registration(commit_id, created, None, None)
-    if moved is None:
-        registration.kept_head = str(await session.scalar(_HEAD_SHA, branch_key))
+    if not row["moved"]:
+        # The head the statement saw; a branch created meanwhile by another transaction is
+        # only visible to a new statement.
+        head = row["head"] or await connection.fetchval(_HEAD_SHA, repository_id, branch)
+        registration.kept_head = str(head)
     key = contracts.deferred_coverage_key(repository_id, sha)
     pending = await redis.get(key)
     if pending is not None:

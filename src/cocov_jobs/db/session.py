@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -53,9 +54,40 @@ def create_engine(
     )
 
 
+#: asyncpg's errors for a connection that is gone: the server went away or refuses
+#: connections for now (SQLSTATE class 08, 57P01-57P03), or the socket closed under it.
+_ASYNCPG_LOST = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
 def connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` is a pooled connection found dead (the server restarted meanwhile)."""
-    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    """Whether ``exc`` is a pooled connection found dead (the server restarted meanwhile):
+    through SQLAlchemy, or from a statement sent straight to the session's asyncpg connection
+    (:func:`raw_connection_lost`)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return exc.connection_invalidated
+    return raw_connection_lost(exc)
+
+
+def raw_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by asyncpg itself, means its connection is gone."""
+    return isinstance(exc, _ASYNCPG_LOST) or (
+        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
+    )
+
+
+async def invalidate_if_lost(session: AsyncSession, exc: BaseException) -> None:
+    """When ``exc`` says the session's connection died under a statement sent straight to
+    asyncpg, tell SQLAlchemy, which did not see it: the connection is discarded instead of
+    going back to the pool (as SQLAlchemy does for what fails through it)."""
+    if raw_connection_lost(exc) and session.in_transaction():
+        connection = await session.connection()
+        await connection.invalidate(exc if isinstance(exc, Exception) else None)
 
 
 def session_factory(

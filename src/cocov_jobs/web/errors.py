@@ -18,6 +18,8 @@ import sqlalchemy.exc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cocov_jobs.db.session import raw_connection_lost
+
 #: Seconds a client is told to wait (``Retry-After``) when a store is unavailable.
 RETRY_AFTER_SECONDS = 5
 
@@ -65,7 +67,7 @@ def store_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
             or isinstance(getattr(exc.orig, "__cause__", None), _ASYNCPG_UNAVAILABLE)
         )
-    return isinstance(
+    return raw_connection_lost(exc) or isinstance(
         exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
     )
 
@@ -95,6 +97,9 @@ EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     OSError: _store_error,
     sqlalchemy.exc.DBAPIError: _store_error,
+    # Statements sent straight to the session's asyncpg connection (the webhook path).
+    asyncpg.exceptions.PostgresError: _store_error,
+    asyncpg.exceptions.InterfaceError: _store_error,
     redis.exceptions.ConnectionError: _store_error,
     redis.exceptions.TimeoutError: _store_error,
     Exception: _internal_error,

@@ -36,8 +36,12 @@ transaction rolls back and a second one records the delivery together with a
 ``process_webhook`` job carrying the payload; the worker applies the same table with the
 engine's retry policy (exponential backoff; a job that keeps failing is held as failed, with
 its error, for ``cocov-jobs jobs``). The answer is then 202 ``{"outcome": "deferred"}``. When
-that transaction fails too (PostgreSQL unreachable) the answer is 503/500 with nothing written,
-and a redelivery starts over.
+that transaction fails too the answer is 503 (a store unreachable, or a connection that died —
+through SQLAlchemy or under a statement sent straight to asyncpg, which is then discarded rather
+than pooled) or 500, with nothing written, and a redelivery starts over.
+
+Statements go straight to the session's asyncpg connection, in the session's transaction
+(docs/decisions.md, 32).
 """
 
 from __future__ import annotations
@@ -48,13 +52,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.config import Settings
+from cocov_jobs.db.session import invalidate_if_lost
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
@@ -78,10 +82,9 @@ DUPLICATE = "duplicate"
 DEFERRED = "deferred"
 
 #: Conflicts on the delivery id (a redelivery) or the body digest (a replay) skip the insert.
-_RECORD_DELIVERY = text(
+_RECORD_DELIVERY = (
     "INSERT INTO cocov_jobs_webhook_deliveries (delivery_id, event, action, body_digest)"
-    " VALUES (:delivery_id, :event, :action, :body_digest)"
-    " ON CONFLICT DO NOTHING RETURNING delivery_id"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING delivery_id"
 )
 
 
@@ -148,14 +151,13 @@ def _header(request: Request, name: str, code: str) -> str:
 
 async def _record(session: AsyncSession, delivery: Delivery) -> bool:
     """Record the delivery; False when its id or its body was already recorded."""
-    recorded = await session.scalar(
+    connection = await queue.asyncpg_connection(session)
+    recorded = await connection.fetchval(
         _RECORD_DELIVERY,
-        {
-            "delivery_id": delivery.id,
-            "event": delivery.event,
-            "action": event_action(delivery.payload),
-            "body_digest": delivery.digest,
-        },
+        delivery.id,
+        delivery.event,
+        event_action(delivery.payload),
+        delivery.digest,
     )
     return recorded is not None
 
@@ -168,11 +170,15 @@ async def _apply(services: Services, delivery: Delivery) -> str:
 async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
     try:
         async with services.sessions.begin() as session:
-            if not await _record(session, delivery):
-                return DUPLICATE
-            effects = await apply_event(
-                session, services.redis, delivery.event, delivery.payload, delivery.id
-            )
+            try:
+                if not await _record(session, delivery):
+                    return DUPLICATE
+                effects = await apply_event(
+                    session, services.redis, delivery.event, delivery.payload, delivery.id
+                )
+            except BaseException as exc:
+                await invalidate_if_lost(session, exc)
+                raise
     except MalformedPayload as exc:
         raise ApiError(422, "webhook.malformed_payload", str(exc)) from None
     except Exception:
@@ -196,15 +202,19 @@ async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
 async def _defer(services: Services, delivery: Delivery) -> str:
     """Record the delivery with a ``process_webhook`` job that applies it with retries."""
     async with services.sessions.begin() as session:
-        if not await _record(session, delivery):
-            return DUPLICATE
-        await queue.enqueue(
-            session,
-            "process_webhook",
-            delivery_id=delivery.id,
-            event=delivery.event,
-            payload=delivery.payload,
-        )
+        try:
+            if not await _record(session, delivery):
+                return DUPLICATE
+            await queue.enqueue(
+                session,
+                "process_webhook",
+                delivery_id=delivery.id,
+                event=delivery.event,
+                payload=delivery.payload,
+            )
+        except BaseException as exc:
+            await invalidate_if_lost(session, exc)
+            raise
     return DEFERRED
 
 
