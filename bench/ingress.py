@@ -49,6 +49,7 @@ import hmac
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -62,7 +63,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from machine import machine, tree_cpu
+from machine import CLOCK_TICKS, machine, tree_cpu
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
@@ -349,7 +350,42 @@ def profiled(pid: int, path: Path | None, duration: int) -> Iterator[None]:
         spy.wait(timeout=TIMEOUT)
 
 
-async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> dict[str, Any]:
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+def postmaster(data_dir: Path) -> list[int]:
+    """The embedded PostgreSQL's postmaster pid (its backends descend from it), if any."""
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    return [int(pid_file.read_text().split()[0])] if pid_file.exists() else []
+
+
+async def sessions_opened(database_url: str) -> int:
+    """Connections opened to the database so far (``pg_stat_database.sessions``), this one
+    included."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def wrk_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def bench(
+    args: argparse.Namespace, server_url: str, redis_url: str, data_dir: Path
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cocov-bench-ingress-wrk-") as tmp:
         data = Path(tmp)
         mean_body = prepare(data, args.requests, args.repositories, args.branches)
@@ -360,12 +396,25 @@ async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> di
             with web_server(database_url, redis_url, port, args.workers) as process:
                 await wait_ready(base_url, process, args.workers)
                 load_before = os.getloadavg()
-                cpu_before, clock = tree_cpu([process.pid]), time.monotonic()
+                sessions_before = await sessions_opened(database_url)
+                postgres = postmaster(data_dir)
+                before = (
+                    tree_cpu([process.pid]),
+                    tree_cpu(postgres),
+                    wrk_cpu_seconds(),
+                    machine_busy_seconds(),
+                    time.monotonic(),
+                )
                 with profiled(process.pid, args.profile, args.duration):
                     figures = await asyncio.to_thread(run_wrk, args, base_url, data)
-                cpu = tree_cpu([process.pid]) - cpu_before
-                wall = time.monotonic() - clock
+                cpu = tree_cpu([process.pid]) - before[0]
+                postgres_cpu = tree_cpu(postgres) - before[1] if postgres else None
+                wrk_cpu = wrk_cpu_seconds() - before[2]
+                busy, _ = machine_busy_seconds()
+                wall = time.monotonic() - before[4]
+                machine_busy = (busy - before[3][0]) / wall
                 load_after = os.getloadavg()
+                sessions = await sessions_opened(database_url) - sessions_before - 1
             read = answers(data, args.threads)
             counts, ids = await recorded(database_url)
     figures["connections"] = args.connections
@@ -388,6 +437,12 @@ async def bench(args: argparse.Namespace, server_url: str, redis_url: str) -> di
         "server_cpu_seconds": round(cpu, 2),
         "server_cpu_ms_per_request": round(cpu / figures["requests"] * 1000, 3),
         "server_cores_busy": round(cpu / wall, 2),
+        "postgresql_cpu_ms_per_request": (
+            round(postgres_cpu / figures["requests"] * 1000, 3) if postgres_cpu else None
+        ),
+        "wrk_cpu_ms_per_request": round(wrk_cpu / figures["requests"] * 1000, 3),
+        "machine_cores_busy": round(machine_busy, 2),
+        "postgresql_connections_opened": sessions,
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "goal": {
             "requests_per_second": GOAL_REQUESTS_PER_SECOND,
@@ -428,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"Stores: embedded {found.embedded or 'none'}", flush=True)
         try:
-            result = asyncio.run(bench(args, found.database_url, found.redis_url))
+            result = asyncio.run(bench(args, found.database_url, found.redis_url, Path(tmp)))
         except BenchError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
@@ -441,7 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"Server CPU {result['server_cpu_seconds']} s: {result['server_cpu_ms_per_request']}"
-        f" ms/request ({result['server_cores_busy']} cores busy); load average"
+        f" ms/request ({result['server_cores_busy']} cores busy); PostgreSQL"
+        f" {result['postgresql_cpu_ms_per_request']} ms/request, wrk"
+        f" {result['wrk_cpu_ms_per_request']} ms/request; machine"
+        f" {result['machine_cores_busy']} cores busy;"
+        f" {result['postgresql_connections_opened']} connections opened; load average"
         f" {result['load_average_1m']['before']} → {result['load_average_1m']['after']}"
         f" on {info['nproc']} cores"
     )

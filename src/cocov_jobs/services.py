@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import create_engine, session_factory
+from cocov_jobs.db.session import DEFAULT_MAX_OVERFLOW, create_engine, session_factory
 from cocov_jobs.engine.queue import REGISTRY_KEY
 from cocov_jobs.engine.registry import Registry
 from cocov_jobs.github.auth import InstallationTokenProvider
@@ -97,8 +97,9 @@ async def open_services(
     redis_url: str,
     redis_cache_url: str,
     pool_size: int = 10,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
 ) -> AsyncIterator[Services]:
-    engine = create_engine(database_url, pool_size=pool_size)
+    engine = create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
     primary = aioredis.Redis.from_url(redis_url)
     cache = aioredis.Redis.from_url(redis_cache_url) if redis_cache_url != redis_url else primary
     services = Services(

@@ -21,7 +21,7 @@ from rich.console import Console
 from cocov_jobs import jobs, logs, reachability
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import DEFAULT_POOL_SIZE
+from cocov_jobs.db.session import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
 from cocov_jobs.engine.worker import Worker
 from cocov_jobs.services import Services, open_services
@@ -95,13 +95,18 @@ def _stores(settings: Settings) -> Iterator[Stores]:
 
 @contextlib.asynccontextmanager
 async def open_program(
-    settings: Settings, found: Stores, *, pool_size: int = DEFAULT_POOL_SIZE
+    settings: Settings,
+    found: Stores,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
 ) -> AsyncIterator[Services]:
     """The services of this program: its stores and the registry of every job."""
     async with open_services(
         settings,
         registry=jobs.registry(),
         pool_size=pool_size,
+        max_overflow=max_overflow,
         database_url=found.database_url,
         redis_url=found.redis_url,
         redis_cache_url=found.redis_cache_url,
@@ -121,19 +126,23 @@ def run_async(
     body: Callable[[Services, Stores], Awaitable[T]],
     *,
     pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
     redis: RedisCheck = "skip",
     fast_loop: bool = False,
 ) -> T:
     """Start the stores, open the services, check them (:func:`check_stores`) and run ``body``
     in an event loop.
 
-    ``pool_size``: database connections kept open (a worker needs one per job slot).
+    ``pool_size``: database connections kept open (a worker needs one per job slot);
+    ``max_overflow``: how many more may be opened under bursts.
     ``fast_loop``: run on uvloop (libuv, in C) when it is installed; the web server's request
     path spends less CPU in the loop and its transports.
     """
 
     async def main(found: Stores) -> T:
-        async with open_program(settings, found, pool_size=pool_size) as services:
+        async with open_program(
+            settings, found, pool_size=pool_size, max_overflow=max_overflow
+        ) as services:
             await check_stores(services, redis)
             return await body(services, found)
 

@@ -58,7 +58,7 @@ from cocov_jobs.cli.tables import (
 from cocov_jobs.cli.tokens import has_users, tokens_app
 from cocov_jobs.config import Settings
 from cocov_jobs.db.migrate import upgrade
-from cocov_jobs.db.session import DEFAULT_POOL_SIZE, asyncpg_dsn
+from cocov_jobs.db.session import DEFAULT_POOL_SIZE, WEB_MAX_OVERFLOW, WEB_POOL_SIZE, asyncpg_dsn
 from cocov_jobs.embedded import Stores
 from cocov_jobs.engine import admin, history
 from cocov_jobs.engine.queue import enqueue as enqueue_job
@@ -267,7 +267,14 @@ def web(
         gc.freeze()
         await server.serve(sockets=[sock])
 
-    run_async(settings, body, redis="require", fast_loop=True)
+    run_async(
+        settings,
+        body,
+        pool_size=WEB_POOL_SIZE,
+        max_overflow=WEB_MAX_OVERFLOW,
+        redis="require",
+        fast_loop=True,
+    )
 
 
 def supervise_web(settings: Settings, address: tuple[str, int], processes: int) -> int:
