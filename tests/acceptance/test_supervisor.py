@@ -1,5 +1,5 @@
-"""``cocov-jobs worker --processes N``: children that share the work, are started again when
-they die, stop with the supervisor's signals and die with it."""
+"""``cocov-jobs worker --processes N`` and ``web --workers N``: children that share the work,
+are started again when they die, stop with the supervisor's signals and die with it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import httpx
 from sqlalchemy import text
@@ -123,3 +124,74 @@ async def _two(services: Services) -> bool:
 async def _replaced(services: Services, victim: int) -> bool:
     living = {pid for pid in await worker_pids(services) if alive(pid)}
     return victim not in living and len(living) == 2
+
+
+def children_of(pid: int) -> set[int]:
+    """Living processes whose parent is ``pid`` (from ``/proc``)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def start_web(database_url: str, redis_url: str, port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "web", "--workers", "2", "--port", str(port)],
+        env=cli_env(
+            COCOV_DATABASE_URL=database_url,
+            COCOV_REDIS_URL=redis_url,
+            COCOV_REDIS_CACHE_URL=redis_url,
+            COCOV_LOG_FORMAT="json",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_web_workers_serve_one_port_restart_a_killed_child_and_stop_on_sigterm(
+    database_url: str, redis_url: str
+) -> None:
+    port = free_port()
+    supervisor = start_web(database_url, redis_url, port)
+    url = f"http://127.0.0.1:{port}/system/probes/readiness"
+
+    async def serving() -> bool:
+        # A new connection each time: the kernel hands it to either child.
+        async with httpx.AsyncClient() as client:
+            try:
+                return (await client.get(url)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+    try:
+        await until(lambda: len(children_of(supervisor.pid)) == 2)
+        await until(serving)
+        first = children_of(supervisor.pid)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        await until(lambda: len(children_of(supervisor.pid) - {victim}) == 2)
+        second = children_of(supervisor.pid)
+        assert victim not in second and max(first) in second
+        await until(serving)
+        for _ in range(10):
+            assert await serving()
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=WAIT)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert supervisor.returncode == 0, stderr
+    assert not any(alive(pid) for pid in second)
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    started = [e["pid"] for e in events if e.get("event") == "web process started"]
+    assert sorted(started) == sorted(first | second)
+    assert any(e.get("event") == "web process exited; starting it again" for e in events)

@@ -10,7 +10,8 @@ connection to one of them.
 * ``SIGTERM`` / ``SIGINT`` (and, for workers, ``SIGTSTP``) are forwarded to every child (each
   then behaves as a single process does: a worker drains within ``COCOV_SHUTDOWN_TIMEOUT`` or
   goes quiet, a web process finishes its requests); the supervisor exits once every child has,
-  with status 0 when every child exited 0.
+  with status 0 when every child exited 0 (or was ended by that signal while still starting,
+  before it could handle it: it had nothing to finish).
 * A child that exits while the supervisor is not stopping (crash, SIGKILL, out of memory) is
   started again after :data:`RESTART_DELAY` seconds, doubling up to :data:`RESTART_MAX_DELAY`
   while children keep dying within :data:`STABLE_SECONDS` of their start. Its jobs are picked
@@ -85,6 +86,7 @@ class Supervisor:
         self.forwarded = tuple(forwarded)
         self.children = [Child(i) for i in range(processes)]
         self._stopping = False
+        self._stop_signal: int | None = None
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -95,6 +97,7 @@ class Supervisor:
         """Send ``signum`` to every child; SIGTERM and SIGINT also stop restarting them."""
         if signum in (signal.SIGTERM, signal.SIGINT):
             self._stopping = True
+            self._stop_signal = signum
         for child in self.children:
             if child.process is not None and child.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -118,6 +121,9 @@ class Supervisor:
             process = await self._start(child)
             code = await process.wait()
             child.exit_codes.append(code)
+            if self._stopping and self._stop_signal is not None and code == -self._stop_signal:
+                # Still starting when the signal came (no handler yet): nothing to finish.
+                return 0
             if self._stopping or self.burst:
                 return code
             ran = time.monotonic() - child.started
