@@ -82,19 +82,35 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 def raw_connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by asyncpg itself, means its connection is gone."""
-    return isinstance(exc, _ASYNCPG_LOST) or (
-        isinstance(exc, asyncpg.exceptions.InterfaceError) and "connection is closed" in str(exc)
-    )
+    """Whether ``exc`` (or what caused it: SQLAlchemy's asyncpg adapter re-raises asyncpg's
+    errors as its own DB-API classes when called directly, as
+    :func:`~cocov_jobs.engine.queue.asyncpg_connection` does to begin) means that an asyncpg
+    connection is gone."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, _ASYNCPG_LOST) or (
+            isinstance(seen, asyncpg.exceptions.InterfaceError)
+            and "connection is closed" in str(seen)
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def invalidate_if_lost(session: AsyncSession, exc: BaseException) -> None:
-    """When ``exc`` says the session's connection died under a statement sent straight to
-    asyncpg, tell SQLAlchemy, which did not see it: the connection is discarded instead of
-    going back to the pool (as SQLAlchemy does for what fails through it)."""
-    if raw_connection_lost(exc) and session.in_transaction():
+    """When ``exc`` says the session's connection died where SQLAlchemy did not see it (a
+    statement sent straight to asyncpg), do what SQLAlchemy does for a disconnect it sees:
+    discard the connection instead of returning it to the pool, and the pooled connections,
+    opened before the server went away (a PostgreSQL restart leaves them all dead)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) or not raw_connection_lost(exc):
+        return  # SQLAlchemy saw it, or the connection is fine
+    if session.in_transaction():
         connection = await session.connection()
         await connection.invalidate(exc if isinstance(exc, Exception) else None)
+    if isinstance(session.bind, AsyncEngine):
+        await session.bind.dispose()
 
 
 def session_factory(

@@ -77,10 +77,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-async def _store_error(request: Request, exc: Exception) -> Response:
-    if not store_unavailable(exc):
-        raise exc
-    return error_response(
+def store_unavailable_error() -> ApiError:
+    """The 503 of a request that met a store it could not reach (nothing committed)."""
+    return ApiError(
         503,
         "service.unavailable",
         "A data store is unavailable; nothing was recorded. Try again later.",
@@ -88,7 +87,15 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _store_error(request: Request, exc: Exception) -> Response:
+    if not store_unavailable(exc):
+        raise exc
+    return await _api_error(request, store_unavailable_error())
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    if store_unavailable(exc):  # a lost connection re-raised by SQLAlchemy's asyncpg adapter
+        return await _store_error(request, exc)
     return error_response(500, "internal_error", "Internal server error")
 
 

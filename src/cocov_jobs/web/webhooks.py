@@ -58,12 +58,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import invalidate_if_lost
+from cocov_jobs.db.session import invalidate_if_lost, raw_connection_lost
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
 from cocov_jobs.web.body import MIB, parse_json_object, spool_body
-from cocov_jobs.web.errors import ApiError
+from cocov_jobs.web.errors import ApiError, store_unavailable_error
 
 log = structlog.get_logger(__name__)
 
@@ -214,6 +214,8 @@ async def _defer(services: Services, delivery: Delivery) -> str:
             )
         except BaseException as exc:
             await invalidate_if_lost(session, exc)
+            if raw_connection_lost(exc):
+                raise store_unavailable_error() from exc
             raise
     return DEFERRED
 
