@@ -10,14 +10,17 @@ so this script prepares ``--requests`` (30,000) deliveries before the clock star
 JSON text cut at its variable fields, and one line per delivery (id, ``X-Hub-Signature-256``,
 field values) that the Lua script assembles.
 
-The server is the product's own command, ``python -m cocov_jobs web [--workers N]``
-(``--workers``, default 1), production settings (INFO JSON logs to /dev/null), with
+The server is the product's own command, ``python -m cocov_jobs web [--workers N]``, once per
+value of ``--workers`` (default ``1,2``: one process, then two sharing the port; a fresh
+database each), production settings (INFO JSON logs to /dev/null), with
 ``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` set: every request is verified, recorded and applied in one
 transaction (commit upsert, branch head, ``process_commit`` enqueue) before its 202.
 
 Measured: requests/s (wrk's completed requests / its duration), wrk's latency percentiles, the
 server's CPU per request (user + system CPU of the server's process tree from ``/proc``, over
-wrk's run, divided by the requests), the load average, the machine.
+wrk's run, divided by the requests), the same for the embedded PostgreSQL (its postmaster's
+tree) and for wrk, the machine's busy cores (``/proc/stat``), the connections opened to the
+database during the run (``pg_stat_database.sessions``), the load average, the machine.
 
 Checked afterwards, exit status 1 on any difference: wrk saw no socket error and no non-2xx
 answer and did not run out of prepared deliveries; every answer is 202 ``applied``; every
@@ -36,7 +39,7 @@ Figures go to stdout and ``bench/results/ingress.json`` (``--results``).
 graph SVG); the figures of such a
 run include the sampling's cost.
 
-Usage: ``python bench/ingress.py [--duration 10] [--connections 20] [--workers 1]``
+Usage: ``python bench/ingress.py [--duration 10] [--connections 20] [--workers 1,2]``
 """
 
 from __future__ import annotations
@@ -384,7 +387,7 @@ def wrk_cpu_seconds() -> float:
 
 
 async def bench(
-    args: argparse.Namespace, server_url: str, redis_url: str, data_dir: Path
+    args: argparse.Namespace, workers: int, server_url: str, redis_url: str, data_dir: Path
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cocov-bench-ingress-wrk-") as tmp:
         data = Path(tmp)
@@ -393,8 +396,8 @@ async def bench(
         async with bench_database(server_url, args.repositories) as database_url:
             port = free_port()
             base_url = f"http://127.0.0.1:{port}"
-            with web_server(database_url, redis_url, port, args.workers) as process:
-                await wait_ready(base_url, process, args.workers)
+            with web_server(database_url, redis_url, port, workers) as process:
+                await wait_ready(base_url, process, workers)
                 load_before = os.getloadavg()
                 sessions_before = await sessions_opened(database_url)
                 postgres = postmaster(data_dir)
@@ -424,7 +427,7 @@ async def bench(
     latency = figures["latency_us"]
     rate = figures["requests"] / seconds
     return {
-        "workers": args.workers,
+        "workers": workers,
         "connections": args.connections,
         "wrk_threads": args.threads,
         "repositories": args.repositories,
@@ -453,12 +456,39 @@ async def bench(
     }
 
 
+def report(result: dict[str, Any], nproc: int) -> None:
+    latency = result["latency_ms"]
+    print(
+        f"web --workers {result['workers']}: {result['requests']} signed push webhooks from"
+        f" {result['connections']} connections in {result['seconds']} s:"
+        f" {result['requests_per_second']} requests/s, p50 {latency['p50']} ms,"
+        f" p99 {latency['p99']} ms (max {latency['max']} ms)"
+    )
+    print(
+        f"  server CPU {result['server_cpu_seconds']} s: {result['server_cpu_ms_per_request']}"
+        f" ms/request ({result['server_cores_busy']} cores busy); PostgreSQL"
+        f" {result['postgresql_cpu_ms_per_request']} ms/request, wrk"
+        f" {result['wrk_cpu_ms_per_request']} ms/request; machine"
+        f" {result['machine_cores_busy']} cores busy;"
+        f" {result['postgresql_connections_opened']} connections opened; load average"
+        f" {result['load_average_1m']['before']} → {result['load_average_1m']['after']}"
+        f" on {nproc} cores"
+    )
+    goal = result["goal"]
+    print(
+        f"  goal ≥ {goal['requests_per_second']} requests/s with p99 ≤ {goal['p99_ms']} ms:"
+        f" {'MET' if goal['met'] else 'NOT MET'}; recorded {result['recorded']}, none lost"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds wrk runs")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
-    parser.add_argument("--workers", type=int, default=1, help="web --workers N")
+    parser.add_argument(
+        "--workers", default="1,2", help="web --workers N, one run per comma-separated value"
+    )
     parser.add_argument("--requests", type=int, default=30_000, help="deliveries prepared")
     parser.add_argument("--repositories", type=int, default=5)
     parser.add_argument("--branches", type=int, default=4)
@@ -472,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     info = machine()
     print("Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    runs = []
     with (
         tempfile.TemporaryDirectory(prefix="cocov-bench-ingress-") as tmp,
         stores(
@@ -482,41 +513,23 @@ def main(argv: list[str] | None = None) -> int:
         ) as found,
     ):
         print(f"Stores: embedded {found.embedded or 'none'}", flush=True)
-        try:
-            result = asyncio.run(bench(args, found.database_url, found.redis_url, Path(tmp)))
-        except BenchError as exc:
-            print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
-    latency = result["latency_ms"]
-    print(
-        f"web --workers {result['workers']}: {result['requests']} signed push webhooks from"
-        f" {result['connections']} connections in {result['seconds']} s:"
-        f" {result['requests_per_second']} requests/s, p50 {latency['p50']} ms,"
-        f" p99 {latency['p99']} ms (max {latency['max']} ms)"
-    )
-    print(
-        f"Server CPU {result['server_cpu_seconds']} s: {result['server_cpu_ms_per_request']}"
-        f" ms/request ({result['server_cores_busy']} cores busy); PostgreSQL"
-        f" {result['postgresql_cpu_ms_per_request']} ms/request, wrk"
-        f" {result['wrk_cpu_ms_per_request']} ms/request; machine"
-        f" {result['machine_cores_busy']} cores busy;"
-        f" {result['postgresql_connections_opened']} connections opened; load average"
-        f" {result['load_average_1m']['before']} → {result['load_average_1m']['after']}"
-        f" on {info['nproc']} cores"
-    )
-    goal = result["goal"]
-    print(
-        f"Goal ≥ {goal['requests_per_second']} requests/s with p99 ≤ {goal['p99_ms']} ms:"
-        f" {'MET' if goal['met'] else 'NOT MET'}"
-    )
-    print(f"Recorded: {result['recorded']} — none lost")
+        for workers in (int(w) for w in args.workers.split(",")):
+            try:
+                result = asyncio.run(
+                    bench(args, workers, found.database_url, found.redis_url, Path(tmp))
+                )
+            except BenchError as exc:
+                print(f"FAILED (web --workers {workers}): {exc}", file=sys.stderr)
+                return 1
+            report(result, info["nproc"])
+            runs.append(result)
     document = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "bench/ingress.py", *(argv or sys.argv[1:])]),
         "machine": info,
         "stores": found.embedded or "configured",
         "load_generator": "wrk " + " ".join(wrk_version().split()[1:2]),
-        **result,
+        "runs": runs,
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(document, indent=2) + "\n")
