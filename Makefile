@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-packages test screenshots lint run
+.PHONY: setup system-packages bench-packages test screenshots lint run
 
 setup: system-packages $(BIN)/cocov-jobs
 
@@ -26,6 +26,16 @@ system-packages:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
+
+# What the benchmarks need beyond `make setup`: Debian's wrk (bench/ingress.py's load generator)
+# and py-spy (its --profile), each installed only when missing.
+bench-packages: $(BIN)/cocov-jobs
+	@command -v wrk >/dev/null || { \
+	  echo "installing: wrk"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk; \
+	}
+	@[ -x $(BIN)/py-spy ] || $(BIN)/pip install -q py-spy
 
 $(BIN)/cocov-jobs: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
