@@ -12,14 +12,16 @@ field values) that the Lua script assembles.
 
 The server is the product's own command, ``python -m cocov_jobs web [--workers N]``, once per
 value of ``--workers`` (default ``1,2``: one process, then two sharing the port; a fresh
-database each), production settings (INFO JSON logs to /dev/null), with
-``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` set: every request is verified, recorded and applied in one
-transaction (commit upsert, branch head, ``process_commit`` enqueue) before its 202.
+database each; ``1,2,1,2`` interleaves repetitions), production settings (INFO JSON logs to
+/dev/null), with ``COCOV_GITHUB_WEBHOOK_SECRET_KEY`` set: every request is verified, recorded
+and applied in one transaction (commit upsert, branch head, ``process_commit`` enqueue) before
+its 202.
 
 Measured: requests/s (wrk's completed requests / its duration), wrk's latency percentiles, the
 server's CPU per request (user + system CPU of the server's process tree from ``/proc``, over
 wrk's run, divided by the requests), the same for the embedded PostgreSQL (its postmaster's
-tree) and for wrk, the machine's busy cores (``/proc/stat``), the connections opened to the
+tree) and for wrk, the machine's busy cores (``/proc/stat``) and how many of them were busy
+with anything else (other processes, the kernel's own work), the connections opened to the
 database during the run (``pg_stat_database.sessions``), the load average, the machine.
 
 Checked afterwards, exit status 1 on any difference: wrk saw no socket error and no non-2xx
@@ -445,6 +447,8 @@ async def bench(
         ),
         "wrk_cpu_ms_per_request": round(wrk_cpu / figures["requests"] * 1000, 3),
         "machine_cores_busy": round(machine_busy, 2),
+        # What else kept the machine busy meanwhile (other processes, the kernel's own work).
+        "other_cores_busy": round(machine_busy - (cpu + (postgres_cpu or 0.0) + wrk_cpu) / wall, 2),
         "postgresql_connections_opened": sessions,
         "load_average_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "goal": {
@@ -469,7 +473,7 @@ def report(result: dict[str, Any], nproc: int) -> None:
         f" ms/request ({result['server_cores_busy']} cores busy); PostgreSQL"
         f" {result['postgresql_cpu_ms_per_request']} ms/request, wrk"
         f" {result['wrk_cpu_ms_per_request']} ms/request; machine"
-        f" {result['machine_cores_busy']} cores busy;"
+        f" {result['machine_cores_busy']} cores busy ({result['other_cores_busy']} by others);"
         f" {result['postgresql_connections_opened']} connections opened; load average"
         f" {result['load_average_1m']['before']} → {result['load_average_1m']['after']}"
         f" on {nproc} cores"
