@@ -67,9 +67,26 @@ def store_unavailable(exc: BaseException) -> bool:
             or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
             or isinstance(getattr(exc.orig, "__cause__", None), _ASYNCPG_UNAVAILABLE)
         )
-    return raw_connection_lost(exc) or isinstance(
-        exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+    return (
+        raw_connection_lost(exc)
+        or _caused_by(exc, _ASYNCPG_UNAVAILABLE)
+        or isinstance(
+            exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+        )
     )
+
+
+def _caused_by(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` or an exception that caused it (a few levels: asyncpg's error re-raised
+    by SQLAlchemy's adapter) is one of ``classes``."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, classes):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
