@@ -202,6 +202,13 @@ class _Queries(Queries):
             self.runs.pop(job.id, None)
 
 
+def peak_connections(concurrency: int) -> int:
+    """PostgreSQL connections one worker process holds at its busiest: a session per job slot,
+    and in the queue's pool a lock connection per job slot plus the listener, dequeue, completion
+    and heartbeat (peaks measured draining thousands of jobs: 22 at concurrency 10, 81 at 40)."""
+    return 2 * concurrency + 4
+
+
 class Worker:
     """Runs registered jobs with ``concurrency`` slots until stopped (or drained, in burst)."""
 
