@@ -4,10 +4,6 @@ installation's, not the job's. The errors are PostgreSQL's own, raised by a real
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
-
 import asyncpg
 import pytest
 
@@ -17,33 +13,20 @@ from cocov_jobs.engine.retry import RECONNECT_DELAY, RetryPolicy, decide
 POLICY = RetryPolicy(max_attempts=3, base_delay=10.0, max_delay=25.0)
 
 
-@pytest.fixture
-async def full_url(database_url: str) -> AsyncIterator[str]:
-    """``database_url`` as a role allowed no connection at all: every connect is refused with
-    PostgreSQL's "too many connections" (SQLSTATE 53300)."""
-    role = f"cocov_full_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(asyncpg_dsn(database_url))
-    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
-    parts = urlsplit(database_url)
-    yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
-    await admin.execute(f"DROP ROLE {role}")
-    await admin.close()
-
-
 async def test_no_connection_slot_through_asyncpg_is_retried_without_an_attempt(
-    full_url: str,
+    no_slot_database_url: str,
 ) -> None:
     with pytest.raises(asyncpg.TooManyConnectionsError) as raised:
-        await asyncpg.connect(asyncpg_dsn(full_url))
+        await asyncpg.connect(asyncpg_dsn(no_slot_database_url))
     decision = decide(raised.value, POLICY.max_attempts - 1, POLICY)
     assert decision is not None and not decision.counted
     assert RECONNECT_DELAY <= decision.delay <= 2 * RECONNECT_DELAY
 
 
 async def test_no_connection_slot_through_a_session_is_retried_without_an_attempt(
-    full_url: str,
+    no_slot_database_url: str,
 ) -> None:
-    engine = create_engine(full_url)
+    engine = create_engine(no_slot_database_url)
     try:
         with pytest.raises(Exception) as raised:
             async with engine.connect():
