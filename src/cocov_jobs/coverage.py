@@ -1,4 +1,4 @@
-"""Coverage uploads: wire format, per-file metrics, totals, status text and viewer blocks.
+"""Coverage uploads: wire format, per-file metrics, totals and status text.
 
 An upload (docs/architecture.md §6.7) maps a repository-relative file path to the standard base64 of
 that file's *wire format*: one token per source line, in line order.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import binascii
 import enum
-import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -341,47 +340,3 @@ def coverage_description(percent: float, min_percent: int | None) -> str:
     if min_percent is not None and percent < min_percent:
         return f"{text} (at least {min_percent}% is required)"
     return text
-
-
-# --------------------------------------------------------------------------- viewer blocks
-
-
-class BlockKind(enum.StrEnum):
-    """What a run of lines is, for the coverage file viewer."""
-
-    NEUTRAL = "neutral"
-    IGNORED = "ignored"
-    COVERED = "covered"
-    MISSED = "missed"
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """Lines ``start..end`` (1-based, inclusive) all of one kind."""
-
-    kind: BlockKind
-    start: int
-    end: int
-
-
-def group_blocks(lines: Iterable[Line]) -> list[Block]:
-    """Cocov's ``BlockComposer.group``: maximal runs of lines of one :class:`BlockKind`.
-
-    Hit counts > 0 are ``covered``, 0 is ``missed``. No lines give no blocks (Cocov returns
-    a bogus ``{kind: nil, start: 1, end: 1}``).
-    """
-    blocks: list[Block] = []
-    start = 1
-    for kind, run in itertools.groupby(map(_block_kind, lines)):
-        length = sum(1 for _ in run)
-        blocks.append(Block(kind, start, start + length - 1))
-        start += length
-    return blocks
-
-
-def _block_kind(line: Line) -> BlockKind:
-    if line is NEUTRAL:
-        return BlockKind.NEUTRAL
-    if line is IGNORED:
-        return BlockKind.IGNORED
-    return BlockKind.COVERED if line else BlockKind.MISSED

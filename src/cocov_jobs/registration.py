@@ -18,7 +18,7 @@ registration looked for it: never processed.
 
 Statements go straight to the session's asyncpg connection (prepared once per connection by
 asyncpg's statement cache), in the session's transaction: a push webhook runs them on every
-request (docs/decisions.md, 32).
+request (docs/decisions.md, 33).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cocov_jobs.ruby_text import parse_ruby_string_hash
 
 log = structlog.get_logger(__name__)
 
-#: The registration of a head commit in one statement (docs/decisions.md, 32): find the
+#: The registration of a head commit in one statement (docs/decisions.md, 33): find the
 #: repository (``{match}``: by id, or by GitHub id for a push), take the commit's registration
 #: lock (:func:`lock_commit`: the scan of ``locked`` runs before the insert reads its rows),
 #: create or reuse the commit, move the branch head unless ``$8`` (a push's ``before``) is given

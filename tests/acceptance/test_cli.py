@@ -146,3 +146,17 @@ async def test_enqueue_coverage_from_a_reporter_body_file(
     )
     assert refused.returncode == 2 and "is for commit" in refused.stderr
     assert len(await jobs(services)) == 1
+
+
+def test_worker_warns_when_postgresql_may_run_out_of_connections(cli: Cli) -> None:
+    def warnings(*args: str) -> list[str]:
+        stderr = cli("worker", "--burst", *args).stderr
+        return [line for line in stderr.splitlines() if "max_connections" in line]
+
+    # 60 job slots need about 124 connections; the test server allows 100 (PostgreSQL's default)
+    [line] = warnings("--concurrency", "60")
+    record = json.loads(line)
+    assert record["level"] == "warning"
+    assert "1 worker process(es) at concurrency 60 hold up to about 124" in record["event"]
+    assert "COCOV_WORKER_CONCURRENCY" in record["event"]
+    assert warnings("--concurrency", "2") == []

@@ -232,3 +232,22 @@ async def test_each_job_records_what_enqueued_it(services: Services) -> None:
         "_test_child": f"job:{parent}",
         "prune_history": "schedule",
     }
+
+
+async def test_a_starting_worker_forgets_workers_dead_for_over_an_hour(services: Services) -> None:
+    """A killed worker leaves its row (nothing ran its shutdown); the dashboard shows it dead for
+    an hour, then the next worker to start removes it, so restarts never pile rows up."""
+    async with services.sessions.begin() as session:
+        for worker, silent in (("dead-long", 120), ("dead-recently", 10)):
+            await session.execute(
+                text(
+                    "INSERT INTO cocov_jobs_workers (id, host, pid, concurrency, rss_bytes,"
+                    " heartbeat_at)"
+                    " VALUES (:id, 'h', 1, 1, 0, now() - make_interval(mins => :silent))"
+                ),
+                {"id": worker, "silent": silent},
+            )
+    await drain(services)
+    async with services.engine.connect() as conn:
+        left = set((await conn.execute(text("SELECT id FROM cocov_jobs_workers"))).scalars())
+    assert left == {"dead-recently"}

@@ -101,6 +101,19 @@ async def test_errors_use_cocovs_envelope(services: Services) -> None:
     }
 
 
+async def test_request_postgresql_has_no_connection_for_is_503(
+    settings: Settings, no_slot_database_url: str, redis_url: str
+) -> None:
+    async with (
+        services_at(settings, database_url=no_slot_database_url, redis_url=redis_url) as full,
+        http_client(full) as client,
+    ):
+        response = await deliver(client, "push", payload("push"), delivery="no-slot-1")
+    assert response.status_code == 503
+    assert response.json()["code"] == "service.unavailable"
+    assert response.headers["retry-after"]
+
+
 async def test_request_while_postgresql_is_down_is_503_and_writes_nothing(
     services: Services, settings: Settings, redis_url: str
 ) -> None:

@@ -13,8 +13,6 @@ from cocov_jobs.coverage import (
     IGNORED,
     MAX_PATH_LENGTH,
     NEUTRAL,
-    Block,
-    BlockKind,
     CoverageFormatError,
     FileCoverage,
     Line,
@@ -23,7 +21,6 @@ from cocov_jobs.coverage import (
     coverage_description,
     decode_payload,
     encode_lines,
-    group_blocks,
     measure_file,
     parse_lines,
     summarize,
@@ -345,42 +342,6 @@ def test_coverage_description(percent: float, min_percent: int | None, descripti
     assert coverage_description(percent, min_percent) == description
 
 
-# --------------------------------------------------------------------------- blocks
-
-
-def test_fixture_block_grouping() -> None:
-    lines = load_fixture_lines()
-    blocks = group_blocks(lines)
-
-    assert len(lines) == 130
-    assert len(blocks) == 42
-    assert blocks[:3] == [
-        Block(BlockKind.NEUTRAL, 1, 2),
-        Block(BlockKind.COVERED, 3, 6),
-        Block(BlockKind.NEUTRAL, 7, 13),
-    ]
-    assert Block(BlockKind.IGNORED, 80, 90) in blocks
-    assert blocks[-1] == Block(BlockKind.NEUTRAL, 127, 130)
-
-
-def test_group_blocks_small_cases() -> None:
-    assert group_blocks([]) == []
-    assert group_blocks([NEUTRAL, IGNORED, 5, 0]) == [
-        Block(BlockKind.NEUTRAL, 1, 1),
-        Block(BlockKind.IGNORED, 2, 2),
-        Block(BlockKind.COVERED, 3, 3),
-        Block(BlockKind.MISSED, 4, 4),
-    ]
-    assert group_blocks([3, 1, 0, 0]) == [
-        Block(BlockKind.COVERED, 1, 2),
-        Block(BlockKind.MISSED, 3, 4),
-    ]
-
-
-def test_block_kinds_serialise_as_cocov_names() -> None:
-    assert [str(kind) for kind in BlockKind] == ["neutral", "ignored", "covered", "missed"]
-
-
 # --------------------------------------------------------------------------- properties
 
 lines_strategy = st.lists(
@@ -413,7 +374,6 @@ def test_any_bytes_parse_or_raise_coverage_format_error(raw: bytes) -> None:
         return
     file = measure_file("a.rb", raw)
     assert (file.lines_total, file.lines_missed, file.lines_covered) == line_counts(lines)
-    assert sum(block.end - block.start + 1 for block in group_blocks(lines)) == len(lines)
 
 
 base64_values = st.one_of(

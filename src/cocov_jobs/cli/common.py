@@ -17,13 +17,14 @@ from typing import Literal, TypeVar
 import structlog
 import typer
 from rich.console import Console
+from sqlalchemy import text
 
 from cocov_jobs import jobs, logs, reachability
 from cocov_jobs.config import Settings, SettingsError, load_settings
 from cocov_jobs.db.migrate import upgrade
 from cocov_jobs.db.session import DEFAULT_MAX_OVERFLOW, DEFAULT_POOL_SIZE
 from cocov_jobs.embedded import EmbeddedError, Stores, stores
-from cocov_jobs.engine.worker import Worker
+from cocov_jobs.engine.worker import Worker, peak_connections
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.sidekiq.intake import Intake
 from cocov_jobs.web.server import Server
@@ -70,6 +71,31 @@ def warn_if_listing_misses_cocov(settings: Settings) -> None:
             "COCOV_REDIS_CACHE_URL is not set: the organization repositories listing goes to "
             "COCOV_REDIS_URL, but Cocov's API reads it from COCOV_REDIS_CACHE_URL "
             "(redis://redis:6379/1 when unset); give both the same value"
+        )
+
+
+#: Connections a client may open on the server (superusers keep their reserve), and those open.
+_CONNECTION_SLOTS = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int,"
+    " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+)
+
+
+async def warn_if_connections_short(services: Services, processes: int, concurrency: int) -> None:
+    """One warning line when ``processes`` workers may need more PostgreSQL connections than
+    the server has free: jobs then wait for a slot (retried without using an attempt) and run
+    late, and Cocov's API, sharing the server, may be refused too."""
+    async with services.engine.connect() as conn:
+        allowed, in_use = (await conn.execute(_CONNECTION_SLOTS)).one()
+    need = processes * peak_connections(concurrency)
+    free = allowed - in_use + 1  # this connection is closed again
+    if need > free:
+        log.warning(
+            f"PostgreSQL may run out of connections: {processes} worker process(es) at"
+            f" concurrency {concurrency} hold up to about {need}, and the server has {free} of"
+            f" {allowed} free (max_connections); lower COCOV_WORKER_CONCURRENCY or"
+            " COCOV_WORKER_PROCESSES, or raise max_connections"
         )
 
 

@@ -38,6 +38,7 @@ from cocov_jobs.cli.common import (
     run_async,
     run_with_services,
     serve_with_worker,
+    warn_if_connections_short,
     warn_if_listing_misses_cocov,
 )
 from cocov_jobs.cli.sidekiq import sidekiq_app
@@ -184,6 +185,8 @@ def worker(
     async def body(services: Services, found: Stores) -> None:
         sock = None if burst or child else listen(*address, PROBE_ADDRESS)
         await migrate_embedded(services, found)
+        if not child:
+            await warn_if_connections_short(services, 1, concurrency or settings.worker_concurrency)
         w = Worker(
             services,
             concurrency=concurrency,
@@ -205,6 +208,9 @@ def supervise(settings: Settings, processes: int, concurrency: int | None, burst
     async def body(services: Services, found: Stores) -> int:
         sock = None if burst else listen(*address, PROBE_ADDRESS)
         await migrate_embedded(services, found)
+        await warn_if_connections_short(
+            services, processes, concurrency or settings.worker_concurrency
+        )
         supervisor = Supervisor(
             child_argv(concurrency, burst),
             child_env(found.database_url, found.redis_url, found.redis_cache_url),

@@ -113,6 +113,20 @@ async def invalidate_if_lost(session: AsyncSession, exc: BaseException) -> None:
         await session.bind.dispose()
 
 
+#: SQLSTATEs of a server refusing a new connection for now: no slot left (``too many clients``,
+#: a role's or database's connection limit), or the server starting up or shutting down.
+NO_SLOT_SQLSTATES = frozenset({"53300", "57P03"})
+
+
+def no_connection_slot(exc: BaseException) -> bool:
+    """Whether ``exc`` is PostgreSQL refusing a new connection (:data:`NO_SLOT_SQLSTATES`),
+    raised by asyncpg or wrapped by SQLAlchemy (whose ``orig`` carries the ``sqlstate``)."""
+    return any(
+        getattr(error, "sqlstate", None) in NO_SLOT_SQLSTATES
+        for error in (exc, getattr(exc, "orig", None))
+    )
+
+
 def session_factory(
     engine: AsyncEngine, info: dict[str, Any] | None = None
 ) -> async_sessionmaker[AsyncSession]:

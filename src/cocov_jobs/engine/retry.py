@@ -8,7 +8,10 @@ Job code raises; the engine decides. The error classes are the vocabulary:
   (network, 5xx, lock contention); ``retry_after`` (seconds), when set, replaces the backoff;
 * :class:`Deferred` — not a failure: run again after ``delay`` seconds without counting an
   attempt against the cap (rate limits, a busy resource). A database connection found dead
-  (PostgreSQL restarted) is treated the same way, after :data:`RECONNECT_DELAY`.
+  (PostgreSQL restarted) is treated the same way, after :data:`RECONNECT_DELAY`, and so is a
+  new connection PostgreSQL refuses for want of a slot (too many clients, server starting),
+  after one to two times that: the shortage is the installation's, and a job must not use up
+  its attempts on it.
 
 Any other exception is treated as transient. :func:`decide` turns an exception into a
 :class:`Retry` (put the job back after ``delay``; ``counted`` says whether it uses an attempt)
@@ -24,7 +27,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cocov_jobs.db.session import connection_lost
+from cocov_jobs.db.session import connection_lost, no_connection_slot
 
 if TYPE_CHECKING:
     from cocov_jobs.config import Settings
@@ -35,6 +38,8 @@ LOCK_RETRY_DELAY = 2.0
 LOCK_JITTER = (1.0, 1.5)
 #: Seconds before a job that met a dead database connection runs again (not counted).
 RECONNECT_DELAY = 1.0
+#: Jitter factor range of the retry of a job refused a database connection (spreads a stampede).
+NO_SLOT_JITTER = (1.0, 2.0)
 #: Jitter factor range applied to backoff delays.
 BACKOFF_JITTER = (1.0, 1.25)
 
@@ -109,6 +114,9 @@ def decide(exc: BaseException, attempts: int, policy: RetryPolicy) -> Retry | No
         return Retry(exc.delay, counted=False, reason=str(exc))
     if connection_lost(exc):
         return Retry(RECONNECT_DELAY, counted=False, reason=f"database connection lost: {exc}")
+    if no_connection_slot(exc):
+        delay = RECONNECT_DELAY * random.uniform(*NO_SLOT_JITTER)
+        return Retry(delay, counted=False, reason=f"database has no connection slot: {exc}")
     if attempts + 1 >= policy.max_attempts:
         return None
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None

@@ -18,7 +18,7 @@ import sqlalchemy.exc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cocov_jobs.db.session import raw_connection_lost
+from cocov_jobs.db.session import no_connection_slot, raw_connection_lost
 
 #: Seconds a client is told to wait (``Retry-After``) when a store is unavailable.
 RETRY_AFTER_SECONDS = 5
@@ -48,7 +48,8 @@ def error_response(
 
 
 #: asyncpg errors that mean the server went away or refuses connections for now (SQLSTATE
-#: class 08, 57P01-57P03), or that a dropped connection left the client protocol mid-operation.
+#: class 08, 57P01-57P03; 53300 is :func:`no_connection_slot`), or that a dropped connection
+#: left the client protocol mid-operation.
 #: SQLAlchemy's asyncpg dialect wraps most of them as a plain ``DBAPIError``.
 _ASYNCPG_UNAVAILABLE = (
     asyncpg.exceptions.PostgresConnectionError,
@@ -66,10 +67,12 @@ def store_unavailable(exc: BaseException) -> bool:
             exc.connection_invalidated
             or isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
             or isinstance(getattr(exc.orig, "__cause__", None), _ASYNCPG_UNAVAILABLE)
+            or no_connection_slot(exc)
         )
     return (
         raw_connection_lost(exc)
         or _caused_by(exc, _ASYNCPG_UNAVAILABLE)
+        or no_connection_slot(exc)
         or isinstance(
             exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
         )

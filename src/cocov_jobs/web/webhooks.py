@@ -41,7 +41,7 @@ through SQLAlchemy or under a statement sent straight to asyncpg, which is then 
 than pooled) or 500, with nothing written, and a redelivery starts over.
 
 Statements go straight to the session's asyncpg connection, in the session's transaction
-(docs/decisions.md, 32).
+(docs/decisions.md, 33).
 """
 
 from __future__ import annotations
