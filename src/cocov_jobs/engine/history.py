@@ -27,6 +27,16 @@ an error is masked like every stored error (:class:`cocov_jobs.logs.Redactor`).
 Lists are newest first by ``(finished_at, id)`` and paged by keyset on the run id: each filter
 (job, outcome, time range, an argument value) has an index ending with that order
 (migration 0008), so a page costs the same at a million runs as at a hundred.
+
+The per-job metrics (:func:`job_metrics`, :func:`hourly_runs`) read hourly roll-ups,
+``cocov_jobs_run_hours`` (migration 0009): per job and complete UTC hour, runs, failures, the
+longest duration and wait, and log-scale histograms of both (:data:`HISTOGRAM_RATIO`). An hour
+is rolled up once it ended :data:`ROLL_UP_MARGIN` ago, by the first reader after that or by
+``prune_history`` (:func:`roll_up_hours`); the runs of each window's incomplete first hour and
+from the first hour not rolled up are read as they are. So counts and maxima are exact, the
+hour window's percentiles too (``percentile_cont`` over its runs), and the day's and week's
+percentiles are within 5 % (decision 27); a view reads about a thousand roll-ups and a few
+hours of runs whatever the history holds.
 """
 
 from __future__ import annotations
