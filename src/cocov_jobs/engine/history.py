@@ -401,8 +401,8 @@ ROLL_UP_MARGIN = timedelta(minutes=10)
 HISTOGRAM_BASE = 0.001
 HISTOGRAM_RATIO = 1.1
 HISTOGRAM_BUCKETS = 219
-#: Windows read whole from the runs, percentiles exact: no complete hour older than the margin
-#: starts after their start.
+#: Windows no longer than an hour hold no rolled-up hour (their first complete hour is never
+#: before the cutoff): read whole from the runs, their percentiles are exact.
 EXACT_WINDOWS = tuple(name for name, span in WINDOWS.items() if span <= timedelta(hours=1))
 _LONGEST = max(WINDOWS.values())
 
@@ -575,15 +575,21 @@ async def _rolled_up(services: Services) -> _Bounds:
         return _Bounds(await roll_up_hours(session))
 
 
-def _inside(name: str) -> str:
-    """Whether a part (a run, or a roll-up when ``rolled``, ``at`` its time) counts in window
-    ``name``: its complete hours before the cutoff ($1) from the roll-ups, the runs before them
-    and from the cutoff."""
+def _inside_runs(name: str) -> str:
+    """Whether a run (finished ``at``) counts in window ``name`` beside its roll-ups: it is
+    before the window's first complete hour, or from the cutoff ($1) on."""
     start, first_hour = _window(name)
-    return (
-        f"CASE WHEN rolled THEN at >= {first_hour}"
-        f" ELSE at > {start} AND (at < {first_hour} OR at >= $1) END"
-    )
+    return f"at > {start} AND (at < {first_hour} OR at >= $1)"
+
+
+def _inside_rolled(name: str) -> str:
+    """Whether a roll-up (of the hour ``at``, before the cutoff) counts in window ``name``."""
+    return f"at >= {_window(name)[1]}"
+
+
+def _inside(name: str) -> str:
+    """Whether a part (a run, or a roll-up when ``rolled``) counts in window ``name``."""
+    return f"CASE WHEN rolled THEN {_inside_rolled(name)} ELSE {_inside_runs(name)} END"
 
 
 def _raw_runs_sql() -> str:
@@ -599,11 +605,11 @@ def _raw_runs_sql() -> str:
     )
 
 
-def _rolled_sql(columns: str, unnest: str = "") -> str:
+def _rolled_sql(columns: str) -> str:
     """Roll-ups the longest window reads (``rolled``, ``at``: the hour, then ``columns``)."""
     first_hour = _window(next(n for n, span in WINDOWS.items() if span == _LONGEST))[1]
     return (
-        f"SELECT job, hour AS at, true AS rolled, {columns} FROM cocov_jobs_run_hours{unnest}"
+        f"SELECT job, hour AS at, true AS rolled, {columns} FROM cocov_jobs_run_hours"
         f" WHERE hour >= {first_hour} AND hour < $1"
     )
 
@@ -638,31 +644,23 @@ def _metrics_sql() -> str:
 
 
 def _histograms_sql() -> str:
-    """Per job, measure and bucket: the runs in each window not in :data:`EXACT_WINDOWS`."""
-    columns = ", ".join(
-        f"sum(n) FILTER (WHERE {_inside(name)}) AS {name}"
-        for name in WINDOWS
-        if name not in EXACT_WINDOWS
-    )
-    rolled = {
-        measure: _rolled_sql(
-            f"'{measure}', u.bucket, u.n",
-            f", unnest({measure}_buckets, {measure}_counts) AS u(bucket, n)",
+    """Per job, measure and bucket: the runs in each window not in :data:`EXACT_WINDOWS`, from
+    the runs and from the roll-ups (one row each: the reader adds them up)."""
+    approximate = [name for name in WINDOWS if name not in EXACT_WINDOWS]
+    branches = []
+    for measure in ("duration", "wait"):
+        counts = ", ".join(f"count(*) FILTER (WHERE {_inside_runs(n)}) AS {n}" for n in approximate)
+        branches.append(
+            f"SELECT job, '{measure}' AS measure, {_bucket_sql(measure)} AS bucket, {counts}"
+            " FROM raw GROUP BY 1, 3"
         )
-        for measure in ("duration", "wait")
-    }
-    return f"""
-    WITH raw AS ({_raw_runs_sql()}),
-    entries AS (
-        SELECT job, at, rolled, 'duration' AS measure, {_bucket_sql("duration")} AS bucket,
-               1 AS n FROM raw
-        UNION ALL
-        SELECT job, at, rolled, 'wait', {_bucket_sql("wait")}, 1 FROM raw
-        UNION ALL {rolled["duration"]}
-        UNION ALL {rolled["wait"]}
-    )
-    SELECT job, measure, bucket, {columns} FROM entries GROUP BY 1, 2, 3
-    """
+        sums = ", ".join(f"sum(u.n) FILTER (WHERE {_inside_rolled(n)}) AS {n}" for n in approximate)
+        rolled = _rolled_sql(f"{measure}_buckets AS buckets, {measure}_counts AS counts")
+        branches.append(
+            f"SELECT job, '{measure}', u.bucket, {sums} FROM ({rolled}) h,"
+            " unnest(h.buckets, h.counts) AS u(bucket, n) GROUP BY 1, 3"
+        )
+    return f"WITH raw AS ({_raw_runs_sql()}) {' UNION ALL '.join(branches)}"
 
 
 _METRICS = _metrics_sql()
@@ -683,7 +681,8 @@ async def job_metrics(services: Services) -> list[Figures]:
     for e in entries:
         for name in WINDOWS:
             if name not in EXACT_WINDOWS and e[name]:
-                histograms.setdefault((e["job"], name, e["measure"]), {})[e["bucket"]] = e[name]
+                counts = histograms.setdefault((e["job"], name, e["measure"]), {})
+                counts[e["bucket"]] = counts.get(e["bucket"], 0) + e[name]
 
     def percentiles(r: Any, name: str, measure: str) -> list[float]:
         if name in EXACT_WINDOWS:
