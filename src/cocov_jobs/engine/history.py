@@ -541,9 +541,9 @@ def _roll_up_sql() -> str:
 
 
 _ROLL_UP = text(_roll_up_sql())
-#: The planner cannot tell how many runs an hour has: its estimate of a week would compile the
-#: statement (JIT, half a second) even for one hour.
-_NO_JIT = text("SET LOCAL jit = off")
+#: The planner cannot tell how many runs an hour has, nor how many runs the readers' ranges hold:
+#: its estimates can pass JIT's threshold, and compiling costs half a second (for 10 ms of work).
+_NO_JIT = "SET LOCAL jit = off"
 
 
 async def roll_up_hours(session: AsyncSession) -> datetime:
@@ -565,7 +565,7 @@ async def roll_up_hours(session: AsyncSession) -> datetime:
         .all()
     )
     if hours:
-        await session.execute(_NO_JIT)
+        await session.execute(text(_NO_JIT))
         await session.execute(_ROLL_UP, {"hours": list(hours)})
     return now
 
@@ -674,7 +674,8 @@ async def job_metrics(services: Services) -> list[Figures]:
     ``percentile_cont`` over the runs in :data:`EXACT_WINDOWS`, and read from the hourly
     roll-ups' histograms in the longer ones (:func:`histogram_percentiles`)."""
     parameters = (await _rolled_up(services)).parameters()
-    async with services.raw_connection() as conn:
+    async with services.raw_connection() as conn, conn.transaction(isolation="repeatable_read"):
+        await conn.execute(_NO_JIT)
         rows = await conn.fetch(_METRICS, *parameters)
         entries = await conn.fetch(_HISTOGRAMS, *parameters)
     histograms: dict[tuple[str, str, str], dict[int, int]] = {}
