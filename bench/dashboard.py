@@ -8,9 +8,11 @@ running, failed; failed and retrying ones with a log row carrying a traceback) p
 finished log rows per job, and M finished runs over the last week
 (:func:`cocov_jobs.testing.history_data.fill_history`: 50 repositories, their commits, eight
 jobs, some retried, failed or deferred), then requests every page R times through the ASGI app
-with a bearer service token and prints the median and worst time per page: the queue pages, the
-finished list unfiltered, by each filter and a page further, a finished job, the metrics, the
-repositories and one repository. The target: every median under :data:`TARGET_MS`.
+with a bearer service token and prints the median, worst and first time per page: the queue
+pages, the finished list unfiltered, by each filter and a page further, a finished job, the
+metrics (its first request rolls up the week's hours, as the first view after filling the
+history does), the repositories and one repository. The target: every median under
+:data:`TARGET_MS`.
 """
 
 from __future__ import annotations
@@ -153,16 +155,20 @@ async def main(jobs: int, runs: int, repeat: int, results: Path) -> int:
     with test_servers(prefix="cocov-bench-dashboard-") as (admin_url, redis_url):
         async with database(admin_url, jobs, runs) as (url, token):
             times = await measure(url, redis_url, token, repeat)
-    print(f"{jobs} jobs, {runs} runs, {repeat} requests per page (ms): median / worst")
+    print(f"{jobs} jobs, {runs} runs, {repeat} requests per page (ms): median / worst / first")
     figures = {
         page: {
             "median_ms": round(statistics.median(samples), 1),
             "worst_ms": round(max(samples), 1),
+            "first_ms": round(samples[0], 1),
         }
         for page, samples in times.items()
     }
     for page, figure in figures.items():
-        print(f"  {page:62} {figure['median_ms']:7.1f} / {figure['worst_ms']:7.1f}")
+        print(
+            f"  {page:62} {figure['median_ms']:7.1f} / {figure['worst_ms']:7.1f}"
+            f" / {figure['first_ms']:7.1f}"
+        )
     slowest = max(figure["median_ms"] for figure in figures.values())
     passed = slowest <= TARGET_MS
     verdict = "PASS" if passed else "MISS"

@@ -52,6 +52,15 @@ async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Servic
                 "INSERT INTO cocov_jobs_runs (job_id, job, arguments, attempt, enqueued_at,"
                 " due_at, started_at, finished_at, outcome)"
                 " SELECT 1, 'x', '{}', 1, t, t, t, t, 'succeeded'"
+                " FROM (VALUES (now() - interval '30 days'), (now() - interval '13 days'),"
+                " (now() - interval '3 hours')) AS v(t)"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO cocov_jobs_run_hours (hour, job, runs, failures, duration_max,"
+                " wait_max, duration_buckets, duration_counts, wait_buckets, wait_counts)"
+                " SELECT date_trunc('hour', t), 'x', 1, 0, 0, 0, '{0}', '{1}', '{0}', '{1}'"
                 " FROM (VALUES (now() - interval '30 days'), (now() - interval '13 days')) AS v(t)"
             )
         )
@@ -62,6 +71,12 @@ async def test_old_deliveries_and_finished_job_logs_are_deleted(services: Servic
         "SELECT count(*) FROM cocov_jobs_runs WHERE finished_at < now() - interval '1 day'",
     )
     assert runs == 1  # the 13-day-old run: within COCOV_HISTORY_RETENTION_DAYS (14)
+    # Roll-ups go with the runs; the recent complete hours are rolled up (metrics stay fast
+    # without a dashboard request to roll them).
+    hours = "SELECT count(*) FROM cocov_jobs_run_hours"
+    assert await count(services, hours + " WHERE hour < now() - interval '14 days'") == 0
+    assert await count(services, hours + " WHERE hour < now() - interval '1 day'") == 1
+    assert await count(services, hours + " WHERE hour > now() - interval '4 hours'") == 1
     deliveries = await count(services, "SELECT count(*) FROM cocov_jobs_webhook_deliveries")
     assert deliveries == 1
     taken = "SELECT count(*) FROM cocov_jobs_sidekiq_taken"

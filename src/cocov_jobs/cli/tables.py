@@ -90,6 +90,7 @@ def metrics_table(figures: Iterable[history.Figures]) -> Table:
         "p95",
         "max",
         title="Runs by job (job history)",
+        caption="day and week p50/p95 from hourly histograms, within 5 %; the rest exact",
     )
     for f in figures:
         plain_row(

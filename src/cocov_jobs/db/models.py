@@ -32,7 +32,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import CITEXT, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, CITEXT, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import text
@@ -653,3 +653,20 @@ class JobRun(OwnBase):
         Index("cocov_jobs_runs_repository_id", text("(arguments -> 'repository_id')")),
         Index("cocov_jobs_runs_commit_id", text("(arguments -> 'commit_id')")),
     )
+
+
+class JobRunHour(OwnBase):
+    """One job's runs in one complete hour, rolled up for the metrics (see
+    :mod:`cocov_jobs.engine.history`): counts, maxima and log-scale histograms."""
+
+    __tablename__ = "cocov_jobs_run_hours"
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    job: Mapped[str] = mapped_column(Text, primary_key=True)
+    runs: Mapped[int] = mapped_column(Integer, nullable=False)
+    failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    duration_max: Mapped[float] = mapped_column(Double, nullable=False)
+    wait_max: Mapped[float] = mapped_column(Double, nullable=False)
+    duration_buckets: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    duration_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    wait_buckets: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    wait_counts: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from cocov_jobs.engine import history
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import job
 
@@ -30,6 +31,8 @@ _JOB_LOG = text(
 # The job history (one row per run), bounded by the same retention; runs go first, so the origins
 # below see which jobs still have one.
 _RUNS = text("DELETE FROM cocov_jobs_runs WHERE finished_at < now() - make_interval(days => :d)")
+# The runs' hourly roll-ups (the metrics), with the runs.
+_RUN_HOURS = text("DELETE FROM cocov_jobs_run_hours WHERE hour < now() - make_interval(days => :d)")
 # What enqueued each job, once the job's history (log rows and runs) is gone too.
 _ORIGINS = text(
     """
@@ -44,8 +47,9 @@ _ORIGINS = text(
 
 @job(lock="prune-history", dedupe="", every=lambda s: s.prune_minutes, internal=True)
 async def prune_history(ctx: JobContext) -> None:
-    """Delete webhook deliveries, taken Sidekiq keys, finished jobs' log rows, job runs and the
-    jobs' origins older than the retention.
+    """Delete webhook deliveries, taken Sidekiq keys, finished jobs' log rows, job runs, their
+    hourly roll-ups and the jobs' origins older than the retention; then roll up the complete
+    hours of the last week not rolled up yet (:func:`~cocov_jobs.engine.history.roll_up_hours`).
 
     ``COCOV_HISTORY_RETENTION_DAYS`` (14) days; runs every ``COCOV_PRUNE_MINUTES`` (1440).
     """
@@ -55,13 +59,17 @@ async def prune_history(ctx: JobContext) -> None:
         taken = (await session.execute(_SIDEKIQ_TAKEN, {"d": days})).rowcount  # type: ignore[attr-defined]
         logs = (await session.execute(_JOB_LOG, {"d": days})).rowcount  # type: ignore[attr-defined]
         runs = (await session.execute(_RUNS, {"d": days})).rowcount  # type: ignore[attr-defined]
+        hours = (await session.execute(_RUN_HOURS, {"d": days})).rowcount  # type: ignore[attr-defined]
         origins = (await session.execute(_ORIGINS, {"d": days})).rowcount  # type: ignore[attr-defined]
+    async with ctx.db.begin() as session:
+        await history.roll_up_hours(session)
     ctx.log.info(
         "history pruned",
         deliveries=deliveries,
         sidekiq_keys=taken,
         job_log_rows=logs,
         runs=runs,
+        run_hours=hours,
         job_origins=origins,
         days=days,
     )
