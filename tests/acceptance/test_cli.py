@@ -7,10 +7,12 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from cocov_jobs import contracts
+from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.services import Services
 from tests.support.helpers import insert, jobs
 
@@ -148,15 +150,21 @@ async def test_enqueue_coverage_from_a_reporter_body_file(
     assert len(await jobs(services)) == 1
 
 
-def test_worker_warns_when_postgresql_may_run_out_of_connections(cli: Cli) -> None:
+async def test_worker_warns_when_postgresql_may_run_out_of_connections(
+    cli: Cli, database_url: str
+) -> None:
     def warnings(*args: str) -> list[str]:
         stderr = cli("worker", "--burst", *args).stderr
         return [line for line in stderr.splitlines() if "max_connections" in line]
 
-    # 60 job slots need about 124 connections; the test server allows 100 (PostgreSQL's default)
-    [line] = warnings("--concurrency", "60")
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    allowed = int(await conn.fetchval("SHOW max_connections"))
+    await conn.close()
+    slots = allowed // 2  # a process at this concurrency needs about 2 × slots + 4 > allowed
+    [line] = warnings("--concurrency", str(slots))
     record = json.loads(line)
     assert record["level"] == "warning"
-    assert "1 worker process(es) at concurrency 60 hold up to about 124" in record["event"]
+    expected = f"1 worker process(es) at concurrency {slots} hold up to about {2 * slots + 4}"
+    assert expected in record["event"]
     assert "COCOV_WORKER_CONCURRENCY" in record["event"]
     assert warnings("--concurrency", "2") == []

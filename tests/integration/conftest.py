@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from sqlalchemy import make_url
 
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.testing import FakeGitHub
@@ -29,7 +29,6 @@ async def no_slot_database_url(database_url: str) -> AsyncIterator[str]:
     role = f"cocov_no_slot_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(asyncpg_dsn(database_url))
     await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
-    parts = urlsplit(database_url)
-    yield urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    yield make_url(database_url).set(username=role).render_as_string(hide_password=False)
     await admin.execute(f"DROP ROLE {role}")
     await admin.close()
