@@ -40,11 +40,12 @@ async def worker_pids(services: Services) -> set[int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (dead, not yet reaped by its new parent) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 async def test_children_share_a_burst_and_the_supervisor_exits_with_them(
@@ -142,9 +143,11 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def start_web(database_url: str, redis_url: str, port: int) -> subprocess.Popen[str]:
+def start_web(
+    database_url: str, redis_url: str, port: int, workers: int = 2
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*CLI, "web", "--workers", "2", "--port", str(port)],
+        [*CLI, "web", "--workers", str(workers), "--port", str(port)],
         env=cli_env(
             COCOV_DATABASE_URL=database_url,
             COCOV_REDIS_URL=redis_url,
@@ -195,3 +198,39 @@ async def test_web_workers_serve_one_port_restart_a_killed_child_and_stop_on_sig
     started = [e["pid"] for e in events if e.get("event") == "web process started"]
     assert sorted(started) == sorted(first | second)
     assert any(e.get("event") == "web process exited; starting it again" for e in events)
+
+
+async def test_report_parsers_die_with_their_web_process(
+    services: Services, database_url: str, redis_url: str
+) -> None:
+    """A coverage upload starts the web process's parser processes; a web process killed with
+    SIGKILL (nothing runs its shutdown) must not leave them behind."""
+    await insert(
+        services, "repositories", name="r", default_branch="main", token="crt_r", github_id=1
+    )
+    port = free_port()
+    web = start_web(database_url, redis_url, port, workers=1)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/system/ping")).is_success
+                except httpx.TransportError:
+                    return False
+
+            await until(ready)
+            upload = await client.post(
+                "/v1/reports",
+                json={"commit_sha": "a" * 40, "data": {"a.rb": "MQ=="}},
+                headers={"Authorization": "token crt_r"},
+            )
+        assert upload.status_code < 300, upload.text
+        parsers = children_of(web.pid)
+        assert parsers
+        web.kill()
+        web.wait(timeout=WAIT)
+        await until(lambda: not any(alive(pid) for pid in parsers))
+    finally:
+        if web.poll() is None:
+            web.kill()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import sys
@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
+
+from cocov_jobs.parent_death import die_with_parent
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +113,10 @@ class Supervisor:
     async def _start(self, child: Child) -> asyncio.subprocess.Process:
         child.started = time.monotonic()
         child.process = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, preexec_fn=_die_with_parent, pass_fds=self.pass_fds
+            *self.argv,
+            env=self.env,
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
+            pass_fds=self.pass_fds,
         )
         log.info(f"{self.kind} process started", child=child.index, pid=child.process.pid)
         return child.process
@@ -142,16 +147,6 @@ class Supervisor:
             await asyncio.sleep(child.restart_delay)
             if self._stopping:
                 return code
-
-
-#: ``prctl`` option: the signal a process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: be killed when the supervisor dies (Linux only)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def child_argv(concurrency: int | None, burst: bool) -> list[str]:

@@ -38,6 +38,7 @@ which is stored as it is.
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from starlette.routing import Route
 
 from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.gitstore.layout import check_sha
+from cocov_jobs.parent_death import die_with_parent
 from cocov_jobs.registration import canonical_coverage
 from cocov_jobs.services import Services
 from cocov_jobs.uploads import (
@@ -111,10 +113,15 @@ def parse_report(body: bytes) -> tuple[str, str]:
 
 def _parsers() -> ProcessPoolExecutor:
     """The process's pool of report parsers, started at first use (spawned: no fork of a
-    process running an event loop and threads)."""
+    process running an event loop and threads); they die with the web process."""
     global _pool
     if _pool is None:
-        _pool = ProcessPoolExecutor(PARSER_PROCESSES, mp_context=get_context("spawn"))
+        _pool = ProcessPoolExecutor(
+            PARSER_PROCESSES,
+            mp_context=get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
     return _pool
 
 
