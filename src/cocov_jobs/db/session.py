@@ -86,17 +86,26 @@ def raw_connection_lost(exc: BaseException) -> bool:
     errors as its own DB-API classes when called directly, as
     :func:`~cocov_jobs.engine.queue.asyncpg_connection` does to begin) means that an asyncpg
     connection is gone."""
+    return caused_by(exc, _ASYNCPG_LOST) or any(
+        isinstance(error, asyncpg.exceptions.InterfaceError)
+        and "connection is closed" in str(error)
+        for error in _causes(exc)
+    )
+
+
+def caused_by(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` or an exception that caused it (a few levels deep) is one of ``classes``."""
+    return any(isinstance(error, classes) for error in _causes(exc))
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions that caused it, four at most."""
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, _ASYNCPG_LOST) or (
-            isinstance(seen, asyncpg.exceptions.InterfaceError)
-            and "connection is closed" in str(seen)
-        ):
-            return True
+    while seen is not None and len(chain) < 4:
+        chain.append(seen)
         seen = seen.__cause__
-    return False
+    return chain
 
 
 async def invalidate_if_lost(session: AsyncSession, exc: BaseException) -> None:

@@ -18,7 +18,7 @@ import sqlalchemy.exc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cocov_jobs.db.session import no_connection_slot, raw_connection_lost
+from cocov_jobs.db.session import caused_by, no_connection_slot, raw_connection_lost
 
 #: Seconds a client is told to wait (``Retry-After``) when a store is unavailable.
 RETRY_AFTER_SECONDS = 5
@@ -71,25 +71,12 @@ def store_unavailable(exc: BaseException) -> bool:
         )
     return (
         raw_connection_lost(exc)
-        or _caused_by(exc, _ASYNCPG_UNAVAILABLE)
+        or caused_by(exc, _ASYNCPG_UNAVAILABLE)
         or no_connection_slot(exc)
         or isinstance(
             exc, OSError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
         )
     )
-
-
-def _caused_by(exc: BaseException, classes: tuple[type[BaseException], ...]) -> bool:
-    """Whether ``exc`` or an exception that caused it (a few levels: asyncpg's error re-raised
-    by SQLAlchemy's adapter) is one of ``classes``."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, classes):
-            return True
-        seen = seen.__cause__
-    return False
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
