@@ -17,7 +17,6 @@
 require "json"
 require "logger"
 require "sidekiq"
-require "pg"
 
 REDIS_URL = ENV.fetch("BENCH_REDIS_URL")
 
@@ -74,8 +73,10 @@ module Bench
     Sidekiq.redis { |r| r.set("bench:done", marker) }
   end
 
-  # One PostgreSQL connection per Sidekiq thread, opened on the thread's first job.
+  # One PostgreSQL connection per Sidekiq thread, opened on the thread's first job. The pg gem
+  # is loaded here, so the jobs that never touch PostgreSQL (intake) run without ruby-pg.
   def self.pg
+    require "pg"
     Thread.current[:bench_pg] ||= PG.connect(ENV.fetch("BENCH_DATABASE_URL"))
   end
 end
