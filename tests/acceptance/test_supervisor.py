@@ -18,9 +18,10 @@ from cocov_jobs.testing.processes import CLI, WAIT, cli_env, free_port, until
 from tests.support.helpers import insert, jobs
 
 
-def start(database_url: str, redis_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+def cocov(database_url: str, redis_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``cocov-jobs ARGS`` on the test stores, its JSON log lines on a pipe."""
     return subprocess.Popen(
-        [*CLI, "worker", "--processes", "2", *args],
+        [*CLI, *args],
         env=cli_env(
             COCOV_DATABASE_URL=database_url,
             COCOV_REDIS_URL=redis_url,
@@ -31,6 +32,10 @@ def start(database_url: str, redis_url: str, *args: str, **env: str) -> subproce
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start(database_url: str, redis_url: str, *args: str, **env: str) -> subprocess.Popen[str]:
+    return cocov(database_url, redis_url, "worker", "--processes", "2", *args, **env)
 
 
 async def worker_pids(services: Services) -> set[int]:
@@ -146,17 +151,11 @@ def children_of(pid: int) -> set[int]:
 def start_web(
     database_url: str, redis_url: str, port: int, workers: int = 2
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*CLI, "web", "--workers", str(workers), "--port", str(port)],
-        env=cli_env(
-            COCOV_DATABASE_URL=database_url,
-            COCOV_REDIS_URL=redis_url,
-            COCOV_REDIS_CACHE_URL=redis_url,
-            COCOV_LOG_FORMAT="json",
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    return cocov(
+        database_url,
+        redis_url,
+        *("web", "--workers", str(workers), "--port", str(port)),
+        COCOV_REDIS_CACHE_URL=redis_url,
     )
 
 
