@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -456,3 +457,16 @@ async def test_enterprise_base_url_with_a_path_prefix(
         assert repo["name"] == "api" and len(fake.statuses("api", commit["sha"])) == 1
         assert str(caught.value).endswith("for GET /repositories/999/collaborators")
         assert all(r.url.startswith(fake.api_url) for r in fake.requests)
+
+
+def test_clients_share_one_tls_context(settings: Settings, redis: aioredis.Redis) -> None:
+    # Building a TLS context loads the CA bundle (about 23 ms of CPU); a permission sync makes a
+    # client per user token, so a context per client was most of that job's CPU.
+    first, second = user_client(settings, "token-a"), user_client(settings, "token-b")
+    installation = installation_client(settings, redis)
+    contexts = [
+        client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        for client in (first, second, installation)
+    ]
+    assert contexts[0] is contexts[1] is contexts[2]
+    assert contexts[0].verify_mode is ssl.CERT_REQUIRED and contexts[0].check_hostname

@@ -38,7 +38,7 @@ from cocov_jobs import contracts
 from cocov_jobs.config import Settings
 from cocov_jobs.engine.retry import TransientError
 from cocov_jobs.github.errors import classify, transport_error
-from cocov_jobs.github.http import API_HEADERS, DEFAULT_TIMEOUT
+from cocov_jobs.github.http import API_HEADERS, DEFAULT_TIMEOUT, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,9 @@ class InstallationTokenProvider:
     async def _mint_and_store(self) -> str:
         path = f"/app/installations/{self._installation_id}/access_tokens"
         bearer = app_jwt(self._app_id, self._private_key_pem)
-        async with httpx.AsyncClient(headers=API_HEADERS, timeout=DEFAULT_TIMEOUT) as http:
+        async with httpx.AsyncClient(
+            headers=API_HEADERS, timeout=DEFAULT_TIMEOUT, verify=tls_context()
+        ) as http:
             try:
                 response = await http.post(
                     self._api_url + path, headers={"Authorization": f"Bearer {bearer}"}

@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from cocov_jobs.config import Settings
 from cocov_jobs.github.auth import InstallationTokenProvider, TokenSource, UserToken
 from cocov_jobs.github.errors import GitHubError, classify, transport_error
-from cocov_jobs.github.http import API_HEADERS, CONNECT_TIMEOUT, DEFAULT_TIMEOUT
+from cocov_jobs.github.http import API_HEADERS, CONNECT_TIMEOUT, DEFAULT_TIMEOUT, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ class GitHubClient:
     ) -> None:
         self._base = httpx.URL(api_url.rstrip("/") + "/")
         self._auth = auth
-        self._http = httpx.AsyncClient(base_url=self._base, headers=API_HEADERS, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self._base, headers=API_HEADERS, timeout=timeout, verify=tls_context()
+        )
         #: ``X-RateLimit-Remaining`` of the last answer that carried one.
         self.rate_limit_remaining: int | None = None
 
