@@ -114,6 +114,31 @@ async def test_request_postgresql_has_no_connection_for_is_503(
     assert response.headers["retry-after"]
 
 
+async def test_after_postgresql_restarts_one_webhook_is_refused_and_the_next_applied(
+    services: Services, settings: Settings, redis_url: str
+) -> None:
+    # A restart kills the pooled connections where SQLAlchemy does not see it (the push path
+    # sends its statements straight to asyncpg): the request that meets a dead one is answered
+    # 503 and must discard them, or every later request meets one too.
+    await fixture_repository(services)
+    proxy = PostgresProxy(services.database_url)
+    await proxy.start()
+    answers = []
+    async with (
+        services_at(settings, database_url=proxy.url, redis_url=redis_url) as through,
+        http_client(through) as client,
+    ):
+        for attempt in range(4):
+            body = {**payload("push"), "restart_test_attempt": attempt}
+            answers.append((await deliver(client, "push", body, f"restart-{attempt}")).status_code)
+            if attempt == 0:
+                await proxy.cut()
+                await proxy.start()  # listening again on the same port: the server is back
+    assert answers[0] == 202
+    assert answers[1] in (202, 503)
+    assert answers[2:] == [202, 202]
+
+
 async def test_request_while_postgresql_is_down_is_503_and_writes_nothing(
     services: Services, settings: Settings, redis_url: str
 ) -> None:

@@ -6,6 +6,8 @@ connection as the session.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -108,18 +110,24 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-async def invalidate_if_lost(session: AsyncSession, exc: BaseException) -> None:
-    """When ``exc`` says the session's connection died where SQLAlchemy did not see it (a
-    statement sent straight to asyncpg), do what SQLAlchemy does for a disconnect it sees:
-    discard the connection instead of returning it to the pool, and the pooled connections,
-    opened before the server went away (a PostgreSQL restart leaves them all dead)."""
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) or not raw_connection_lost(exc):
-        return  # SQLAlchemy saw it, or the connection is fine
-    if session.in_transaction():
-        connection = await session.connection()
-        await connection.invalidate(exc if isinstance(exc, Exception) else None)
-    if isinstance(session.bind, AsyncEngine):
-        await session.bind.dispose()
+@asynccontextmanager
+async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """``sessions.begin()`` for code that also sends statements straight to asyncpg: when the
+    connection dies where SQLAlchemy does not see it, do what SQLAlchemy does for a disconnect
+    it sees: discard the connection instead of returning it to the pool, and the pooled
+    connections, opened before the server went away (a PostgreSQL restart leaves them all dead).
+    """
+    async with sessions.begin() as session:
+        try:
+            yield session
+        except BaseException as exc:
+            if not isinstance(exc, sqlalchemy.exc.DBAPIError) and raw_connection_lost(exc):
+                if session.in_transaction():
+                    connection = await session.connection()
+                    await connection.invalidate(exc if isinstance(exc, Exception) else None)
+                if isinstance(session.bind, AsyncEngine):
+                    await session.bind.dispose()
+            raise
 
 
 #: SQLSTATEs of a server refusing a new connection for now: no slot left (``too many clients``,

@@ -58,7 +58,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import invalidate_if_lost, raw_connection_lost
+from cocov_jobs.db.session import raw_connection_lost, transaction
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
@@ -169,16 +169,12 @@ async def _apply(services: Services, delivery: Delivery) -> str:
 
 async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
     try:
-        async with services.sessions.begin() as session:
-            try:
-                if not await _record(session, delivery):
-                    return DUPLICATE
-                effects = await apply_event(
-                    session, services.redis, delivery.event, delivery.payload, delivery.id
-                )
-            except BaseException as exc:
-                await invalidate_if_lost(session, exc)
-                raise
+        async with transaction(services.sessions) as session:
+            if not await _record(session, delivery):
+                return DUPLICATE
+            effects = await apply_event(
+                session, services.redis, delivery.event, delivery.payload, delivery.id
+            )
     except MalformedPayload as exc:
         raise ApiError(422, "webhook.malformed_payload", str(exc)) from None
     except Exception:
@@ -201,8 +197,8 @@ async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
 
 async def _defer(services: Services, delivery: Delivery) -> str:
     """Record the delivery with a ``process_webhook`` job that applies it with retries."""
-    async with services.sessions.begin() as session:
-        try:
+    try:
+        async with transaction(services.sessions) as session:
             if not await _record(session, delivery):
                 return DUPLICATE
             await queue.enqueue(
@@ -212,11 +208,10 @@ async def _defer(services: Services, delivery: Delivery) -> str:
                 event=delivery.event,
                 payload=delivery.payload,
             )
-        except BaseException as exc:
-            await invalidate_if_lost(session, exc)
-            if raw_connection_lost(exc):
-                raise store_unavailable_error() from exc
-            raise
+    except Exception as exc:
+        if raw_connection_lost(exc):
+            raise store_unavailable_error() from exc
+        raise
     return DEFERRED
 
 
