@@ -154,15 +154,14 @@ def run_async(
     pool_size: int = DEFAULT_POOL_SIZE,
     max_overflow: int = DEFAULT_MAX_OVERFLOW,
     redis: RedisCheck = "skip",
-    fast_loop: bool = False,
 ) -> T:
     """Start the stores, open the services, check them (:func:`check_stores`) and run ``body``
     in an event loop.
 
     ``pool_size``: database connections kept open (a worker needs one per job slot);
     ``max_overflow``: how many more may be opened under bursts.
-    ``fast_loop``: run on uvloop (libuv, in C) when it is installed; the web server's request
-    path spends less CPU in the loop and its transports.
+    The loop is uvloop's (libuv, in C) when it is installed: the web server's request path and
+    the worker's job path spend less CPU in the loop and its transports (bench/README.md).
     """
 
     async def main(found: Stores) -> T:
@@ -174,15 +173,13 @@ def run_async(
 
     with (
         _stores(settings) as found,
-        asyncio.Runner(loop_factory=_loop_factory(fast_loop)) as runner,
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
     ):
         return runner.run(main(found))
 
 
-def _loop_factory(fast: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when ``fast`` and uvloop is installed, else asyncio's default."""
-    if not fast:
-        return None
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when uvloop is installed, else asyncio's default."""
     try:
         import uvloop
     except ImportError:  # an installation without uvicorn's "standard" extras

@@ -203,7 +203,6 @@ def worker(
         body,
         pool_size=concurrency or settings.worker_concurrency,
         redis="warn",
-        fast_loop=True,
     )
 
 
@@ -285,7 +284,6 @@ def web(
         pool_size=WEB_POOL_SIZE,
         max_overflow=WEB_MAX_OVERFLOW,
         redis="require",
-        fast_loop=True,
     )
 
 
