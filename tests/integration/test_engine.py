@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import timedelta
 
+import asyncpg
 import pytest
+from pgqueuer.db import AsyncpgPoolDriver
+from pgqueuer.ports.repository import EntrypointExecutionParameter
 from sqlalchemy import text
 from tests.support.helpers import drain, job_log, jobs
 
 from cocov_jobs import jobs as product_jobs
+from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import JobArgumentsError, Registry, UnknownJobError, job
 from cocov_jobs.engine.retry import Deferred, PermanentError
 from cocov_jobs.engine.schedules import enqueue_periodic
+from cocov_jobs.engine.worker import _Queries
 from cocov_jobs.services import Services
 
 CALLS: list[tuple[str, int]] = []
@@ -147,6 +154,33 @@ async def test_dedupe_keeps_one_waiting_copy(services: Services) -> None:
     assert first is not None and second is None and other is not None
     await drain(services)
     assert sorted(CALLS) == [("k", 0), ("other", 0)]
+
+
+async def test_picking_a_job_releases_its_dedupe_key(services: Services) -> None:
+    """Released at the pick, in PgQueuer's own statement: a request arriving once the job is
+    taken queues exactly one more run (which sees everything this one will)."""
+    async with services.sessions.begin() as session:
+        first = await queue.enqueue(session, "_test_deduped", key="k")
+    pool = await asyncpg.create_pool(asyncpg_dsn(services.database_url), min_size=1, max_size=1)
+    try:
+        picked = await _Queries(AsyncpgPoolDriver(pool)).dequeue(
+            batch_size=1,
+            entrypoints={"_test_deduped": EntrypointExecutionParameter(concurrency_limit=0)},
+            queue_manager_id=uuid.uuid4(),
+            global_concurrency_limit=None,
+            heartbeat_timeout=timedelta(seconds=30),
+        )
+    finally:
+        await pool.close()
+    assert [job.id for job in picked] == [first]
+    async with services.sessions.begin() as session:
+        again = await queue.enqueue(session, "_test_deduped", key="k")
+        coalesced = await queue.enqueue(session, "_test_deduped", key="k")
+    assert again is not None and coalesced is None
+    assert sorted((row["id"], row["status"]) for row in await jobs(services)) == [
+        (first, "picked"),
+        (again, "queued"),
+    ]
 
 
 def test_names_resolve_from_every_spelling() -> None:

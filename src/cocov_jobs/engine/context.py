@@ -1,13 +1,12 @@
 """One job run: what the job gets (:class:`JobContext`) and how its outcome is decided.
 
 :func:`execute` runs one attempt: it validates the arguments; a job declared with
-``dedupe="…"`` releases its dedupe key (a request arriving during this run queues exactly one
-more run: coalescing); a job declared with ``lock="…"`` takes a session-level PostgreSQL
-advisory lock on that key — in the same round trip as the release — and when another run
+``lock="…"`` takes a session-level PostgreSQL advisory lock on that key, and when another run
 holds it the job is deferred (:func:`~cocov_jobs.engine.retry.lock_busy`) instead of blocking a
 worker slot. A failure is turned into a :class:`~cocov_jobs.engine.retry.Retry` decision by
 the retry policy (:func:`~cocov_jobs.engine.retry.decide`) and raised as :class:`RetryJob`
-for the worker; an exception that gives up propagates and the job is held as failed.
+for the worker; an exception that gives up propagates and the job is held as failed. (A job's
+dedupe key was already released by the statement that picked it: ``worker._QueueBuilder``.)
 """
 
 from __future__ import annotations
@@ -30,13 +29,7 @@ from cocov_jobs.engine.registry import JobDefinition
 from cocov_jobs.engine.retry import Retry, RetryPolicy, decide, lock_busy
 from cocov_jobs.services import Services
 
-#: Releases the job's dedupe key ($1: job id, $3: whether it has one) and tries the lock ($2)
-#: in one statement (a data-modifying WITH runs even though the SELECT does not read it).
-_CLAIM = """
-WITH released AS (UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1 AND $3::bool)
-SELECT pg_try_advisory_lock(hashtextextended($2, 0))
-"""
-_RELEASE_DEDUPE = "UPDATE pgqueuer SET dedupe_key = NULL WHERE id = $1"
+_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 
 
@@ -99,15 +92,14 @@ class JobContext:
         return self.services.redis
 
     @asynccontextmanager
-    async def advisory_lock(self, key: str, *, release_dedupe: bool = False) -> AsyncIterator[bool]:
+    async def advisory_lock(self, key: str) -> AsyncIterator[bool]:
         """Try a session-level advisory lock on ``key``; yield whether we got it.
 
         The lock lives on its own pooled connection, so it is released when the job ends or,
-        if the worker dies, when PostgreSQL drops the connection. ``release_dedupe`` also
-        releases this job's dedupe key, in the same statement.
+        if the worker dies, when PostgreSQL drops the connection.
         """
         async with self.lock_pool.acquire() as conn:
-            acquired = bool(await conn.fetchval(_CLAIM, self.job_id, key, release_dedupe))
+            acquired = bool(await conn.fetchval(_LOCK, key))
             try:
                 yield acquired
             finally:
@@ -117,10 +109,6 @@ class JobContext:
                     except BaseException:
                         conn.terminate()  # the server drops the lock with the connection
                         raise
-
-    async def release_dedupe(self) -> None:
-        """Release this job's dedupe key (for jobs without a lock)."""
-        await self.lock_pool.execute(_RELEASE_DEDUPE, self.job_id)
 
 
 class RetryJob(RetryRequested):
@@ -141,13 +129,9 @@ async def execute(definition: JobDefinition, ctx: JobContext, args: Mapping[str,
         lock_key = definition.lock_key(values)
         with enqueued_by(f"job:{ctx.job_id}"):
             if lock_key is None:
-                if definition.dedupe is not None:
-                    await ctx.release_dedupe()
                 await definition.func(ctx, **values)
                 return
-            async with ctx.advisory_lock(
-                lock_key, release_dedupe=definition.dedupe is not None
-            ) as acquired:
+            async with ctx.advisory_lock(lock_key) as acquired:
                 if not acquired:
                     raise lock_busy(f"lock {lock_key} is held by another job")
                 await definition.func(ctx, **values)

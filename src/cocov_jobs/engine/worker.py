@@ -35,6 +35,8 @@ from typing import Any
 
 import asyncpg
 import structlog
+from pgqueuer.adapters.persistence.composer import ComposedQuery
+from pgqueuer.adapters.persistence.qb import QueryQueueBuilder
 from pgqueuer.db import AsyncpgPoolDriver
 from pgqueuer.models import Job, TracebackRecord
 from pgqueuer.qm import QueueManager
@@ -60,7 +62,7 @@ BURST_POLL_INTERVAL = 0.1
 RECONNECT_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
 #: Session settings of the worker's own pool: PgQueuer's bookkeeping (pick, heartbeat, finish,
-#: retry, schedules), this worker's row, dedupe-key release and the jobs' advisory locks. Job
+#: retry, schedules), this worker's row and the jobs' advisory locks. Job
 #: data never goes through it (jobs write through ``services.sessions``, enqueues included).
 #: ``synchronous_commit = off``: these commits do not wait for the WAL flush (measured on the
 #: 2-core bench machine: 1.1-2x the no-op drain rate, more under load; bench/README.md). Only a
@@ -107,6 +109,30 @@ def _traceback(record: TracebackRecord | None) -> str | None:
     return history.storable(record.model_dump_json()) if record is not None else None
 
 
+#: How PgQueuer's pick statement starts setting a picked job's columns.
+_PICK = "SET status = 'picked',"
+
+
+@functools.lru_cache(maxsize=8)
+def _releasing_dedupe(statement: str) -> str:
+    """PgQueuer's pick ``statement`` also releasing the picked jobs' dedupe keys."""
+    if _PICK not in statement:
+        raise RuntimeError("PgQueuer's pick statement changed: the dedupe release cannot be added")
+    return statement.replace(_PICK, f"{_PICK} dedupe_key = NULL,")
+
+
+@dataclasses.dataclass
+class _QueueBuilder(QueryQueueBuilder):
+    """PgQueuer's statements, with a job's dedupe key released by the statement that picks it
+    (docs/architecture.md §4.6): a request arriving once a job is taken queues exactly one more
+    run, which sees everything this one will. Released there, it costs neither a statement nor
+    another version of the job's row."""
+
+    def build_dequeue_query(self, **kwargs: Any) -> ComposedQuery:
+        query = super().build_dequeue_query(**kwargs)
+        return ComposedQuery(sql=_releasing_dedupe(query.sql), args=query.args)
+
+
 #: Errors of the history's part of a statement (a value PostgreSQL refuses, the table missing on
 #: a database not yet upgraded): the statement is sent again without it, so the job history can
 #: never hold up the queue. Connection errors are not among them (PgQueuer retries those).
@@ -119,8 +145,9 @@ _HISTORY_ERRORS = (
 
 @dataclasses.dataclass
 class _Queries(Queries):
-    """PgQueuer's queries, recording each run in the job history (:mod:`~cocov_jobs.engine.history`)
-    in the statement that ends it, with re-queues that do not use up an attempt, and every error
+    """PgQueuer's queries, releasing dedupe keys at the pick (:class:`_QueueBuilder`), recording
+    each run in the job history (:mod:`~cocov_jobs.engine.history`) in the statement that ends
+    it, with re-queues that do not use up an attempt, and every error
     they store masked by ``redact`` (no secret in ``pgqueuer_log.traceback`` nor in a run's error;
     :mod:`cocov_jobs.logs`).
 
@@ -128,6 +155,7 @@ class _Queries(Queries):
     in its end; PgQueuer passes us only the job.
     """
 
+    qbq: QueryQueueBuilder = dataclasses.field(default_factory=_QueueBuilder)
     runs: dict[int, history.Run] = dataclasses.field(default_factory=dict)
     worker: str = ""
     redact: Redactor = dataclasses.field(default_factory=Redactor)
