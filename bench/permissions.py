@@ -18,7 +18,7 @@ Measured per run: wall time of the job; the SQL statements the job sent through 
 ``after_cursor_execute``) and their total time; and, apart, the time of one more identical
 GitHub listing through the same client (``GitHub s``: what the fake and the HTTP round trips
 cost, which dominates the job's time). The engine's advisory lock and unlock (two
-statements on its own pool) are not counted. The statement count must be the same at both
+statements on its own locks) are not counted. The statement count must be the same at both
 sizes: that is what "O(n + m), set-based" means here (no per-row statements); the SQL time
 should grow about linearly with the size.
 
@@ -45,15 +45,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
 from machine import machine
 from sqlalchemy import event, text
 
 from cocov_jobs import jobs as product_jobs
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
+from cocov_jobs.engine.locks import Locks
+from cocov_jobs.engine.worker import connect_locks
 from cocov_jobs.github.levels import level_from_github
 from cocov_jobs.services import Services, open_services
 from cocov_jobs.testing import FakeGitHub
@@ -134,12 +134,12 @@ def bench_database(server_url: str) -> contextlib.AbstractAsyncContextManager[st
 
 
 async def run_job(
-    services: Services, pool: asyncpg.Pool, counter: StatementCounter, name: str, **args: int
+    services: Services, locks: Locks, counter: StatementCounter, name: str, **args: int
 ) -> tuple[float, int, float]:
     """Run job ``name`` as a worker would; return (seconds, statements, SQL seconds)."""
     started = time.perf_counter()
     with counter.measuring():
-        await run_here(services, pool, name, **args)
+        await run_here(services, locks, name, **args)
     return time.perf_counter() - started, counter.count, counter.seconds
 
 
@@ -173,7 +173,7 @@ def role(i: int, shift: int = 0) -> str:
 
 async def bench_repo(
     services: Services,
-    pool: asyncpg.Pool,
+    locks: Locks,
     counter: StatementCounter,
     fake: FakeGitHub,
     size: int,
@@ -201,7 +201,7 @@ async def bench_repo(
                 members[member] = role(member)
                 fake.add_collaborator(remote.name, member, f"user{member}", members[member])
         seconds, statements, sql = await run_job(
-            services, pool, counter, "update_repo_permissions", repository_id=repo_id
+            services, locks, counter, "update_repo_permissions", repository_id=repo_id
         )
         got = await stored(
             services,
@@ -233,7 +233,7 @@ def _churn(members: dict[int, str], revoke: Callable[[int], None], size: int) ->
 
 async def bench_user(
     services: Services,
-    pool: asyncpg.Pool,
+    locks: Locks,
     counter: StatementCounter,
     fake: FakeGitHub,
     size: int,
@@ -274,7 +274,7 @@ async def bench_user(
                 granted[repo.id] = role(repo.id)
                 fake.grant(login, repo.name, granted[repo.id])
         seconds, statements, sql = await run_job(
-            services, pool, counter, "update_user_permissions", user_id=int(user_id)
+            services, locks, counter, "update_user_permissions", user_id=int(user_id)
         )
         got = await stored(
             services,
@@ -335,16 +335,16 @@ async def bench(args: argparse.Namespace, database_url: str, redis_url: str) -> 
                 redis_cache_url=redis_url,
             ) as services,
         ):
-            pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=1, max_size=2)
+            locks = connect_locks(url)
             try:
                 counter = StatementCounter(services)
                 runs: list[Run] = []
                 for size in args.sizes:
-                    runs += await bench_repo(services, pool, counter, fake, size)
+                    runs += await bench_repo(services, locks, counter, fake, size)
                 for size in args.user_sizes:
-                    runs += await bench_user(services, pool, counter, fake, size)
+                    runs += await bench_user(services, locks, counter, fake, size)
             finally:
-                await pool.close()
+                await locks.close()
     counts = report(runs)
     return {"runs": [asdict(run) for run in runs], "statements_per_run": counts}
 

@@ -55,6 +55,8 @@ from cocov_jobs.coverage import NEUTRAL, Line, encode_lines, summarize
 from cocov_jobs.coverage_results import COVERAGE_FILE_COLUMNS, file_records
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.embedded import stores
+from cocov_jobs.engine.locks import Locks
+from cocov_jobs.engine.worker import connect_locks
 from cocov_jobs.gitstore import LocalStorage
 from cocov_jobs.manifest import parse_manifest
 from cocov_jobs.services import Services, open_services
@@ -91,10 +93,10 @@ async def alternate(contenders: dict[str, Timer], runs: int) -> dict[str, list[f
     return times
 
 
-async def run_job(services: Services, pool: asyncpg.Pool, name: str, **args: object) -> float:
+async def run_job(services: Services, locks: Locks, name: str, **args: object) -> float:
     """Seconds job ``name`` takes, run as a worker runs it."""
     started = time.perf_counter()
-    await run_here(services, pool, name, **args)
+    await run_here(services, locks, name, **args)
     return time.perf_counter() - started
 
 
@@ -135,7 +137,7 @@ async def register(services: Services, fake: FakeGitHub, sha: str) -> tuple[int,
 
 def clone_contenders(
     services: Services,
-    pool: asyncpg.Pool,
+    locks: Locks,
     fake: FakeGitHub,
     commit: tuple[int, str],
     scratch: Path,
@@ -154,7 +156,7 @@ def clone_contenders(
             "UPDATE commits SET clone_status = 0 WHERE id = :id RETURNING id",
             id=commit_id,
         )
-        return await run_job(services, pool, "process_commit", commit_id=commit_id)
+        return await run_job(services, locks, "process_commit", commit_id=commit_id)
 
     async def storage_only() -> float:
         token = fake.issue_installation_token()
@@ -189,7 +191,7 @@ def upload_data(files: int, lines: int) -> dict[str, str]:
 
 
 def coverage_contenders(
-    services: Services, pool: asyncpg.Pool, ids: tuple[int, int], sha: str, data: dict[str, str]
+    services: Services, locks: Locks, ids: tuple[int, int], sha: str, data: dict[str, str]
 ) -> dict[str, Timer]:
     repository_id, commit_id = ids
     payload = json.dumps(data)
@@ -209,7 +211,7 @@ def coverage_contenders(
         )
         return await run_job(
             services,
-            pool,
+            locks,
             "process_coverage",
             repository_id=repository_id,
             sha=sha,
@@ -219,7 +221,8 @@ def coverage_contenders(
     async def baseline() -> float:
         info_id = await scalar(services, info, c=commit_id)
         records = file_records(info_id, report)
-        async with pool.acquire() as conn:
+        conn = await asyncpg.connect(asyncpg_dsn(services.database_url))
+        try:
             started = time.perf_counter()
             async with conn.transaction():
                 await conn.copy_records_to_table(
@@ -227,6 +230,8 @@ def coverage_contenders(
                 )
             seconds = time.perf_counter() - started
             await conn.execute("DELETE FROM coverage_files WHERE created_at = $1", records[0][-1])
+        finally:
+            await conn.close()
         return seconds
 
     return {"process_coverage": ours, "copy": baseline}
@@ -273,18 +278,18 @@ async def bench(
             ) as services,
         ):
             await services.redis.delete(contracts.INSTALLATION_TOKEN)  # another fake's token
-            pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=1, max_size=2)
+            locks = connect_locks(url)
             try:
                 ids = await register(services, fake, sha)
                 clone = await alternate(
-                    clone_contenders(services, pool, fake, (ids[1], sha), scratch), args.runs
+                    clone_contenders(services, locks, fake, (ids[1], sha), scratch), args.runs
                 )
                 data = upload_data(args.coverage_files, args.coverage_lines)
                 coverage = await alternate(
-                    coverage_contenders(services, pool, ids, sha, data), args.runs
+                    coverage_contenders(services, locks, ids, sha, data), args.runs
                 )
             finally:
-                await pool.close()
+                await locks.close()
     return {
         "clone": {
             "repository": {"files": args.files, "commits": args.commits + 1},

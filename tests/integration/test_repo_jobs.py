@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import text
 from tests.support.helpers import drain, insert, job_log, jobs
@@ -16,8 +15,9 @@ from tests.support.settings import make_settings
 
 from cocov_jobs import contracts
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import queue
+from cocov_jobs.engine.locks import Locks
+from cocov_jobs.engine.worker import connect_locks
 from cocov_jobs.gitstore.layout import repo_dir
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
@@ -41,10 +41,10 @@ def settings(fake_github: FakeGitHub, storage_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def lock_pool(services: Services) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(asyncpg_dsn(services.database_url), min_size=1, max_size=2)
-    yield pool
-    await pool.close()
+async def locks(services: Services) -> AsyncIterator[Locks]:
+    held = connect_locks(services.database_url)
+    yield held
+    await held.close()
 
 
 async def make_repo(
@@ -84,7 +84,7 @@ async def queued(services: Services) -> list[tuple[str, dict[str, object]]]:
 
 
 async def test_initialize_registers_the_default_branch_head(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
     remote = fake_github.add_repo("api")
     sha = fake_github.commit(
@@ -97,7 +97,7 @@ async def test_initialize_registers_the_default_branch_head(
     fake_github.commit("api", {"b.txt": "b"}, message="Main moves on")
     repo = await make_repo(services, "api", remote.id, default_branch="develop")
 
-    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, locks, "initialize_repository", repository_id=repo)
 
     (commit,) = await rows(
         services,
@@ -119,14 +119,14 @@ async def test_initialize_registers_the_default_branch_head(
 
 
 async def test_initialize_reuses_an_existing_commit(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
     remote = fake_github.add_repo("api")
     repo = await make_repo(services, "api", remote.id)
     existing = await make_commit(services, repo, fake_github.head("api"), message="kept")
     await insert(services, "branches", repository_id=repo, name="main", head_id=None)
 
-    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, locks, "initialize_repository", repository_id=repo)
 
     assert await rows(services, "SELECT id, message FROM commits") == [
         {"id": existing, "message": "kept"}
@@ -136,7 +136,7 @@ async def test_initialize_reuses_an_existing_commit(
 
 
 async def test_initialize_claims_coverage_uploaded_before_the_commit(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
     remote = fake_github.add_repo("api")
     sha = fake_github.head("api")
@@ -145,7 +145,7 @@ async def test_initialize_claims_coverage_uploaded_before_the_commit(
     coverage = {"lib/a.rb": "AAEC"}
     await services.redis.set(key, json.dumps(coverage), ex=contracts.DEFERRED_COVERAGE_TTL)
 
-    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, locks, "initialize_repository", repository_id=repo)
 
     (upload,) = await rows(
         services, "SELECT id, repository_id, sha, data FROM cocov_jobs_coverage_uploads"
@@ -161,25 +161,25 @@ async def test_initialize_claims_coverage_uploaded_before_the_commit(
 
 
 async def test_initialized_repository_is_left_alone(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
     remote = fake_github.add_repo("api")
     repo = await make_repo(services, "api", remote.id)
     head = await make_commit(services, repo, "a" * 40)
     await insert(services, "branches", repository_id=repo, name="main", head_id=head)
 
-    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, locks, "initialize_repository", repository_id=repo)
 
     assert fake_github.request_log == []
     assert await queued(services) == []
 
 
 async def test_empty_repository_stays_uninitialized(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
     remote = fake_github.add_repo("empty", files={})
     repo = await make_repo(services, "empty", remote.id)
-    await run_here(services, lock_pool, "initialize_repository", repository_id=repo)
+    await run_here(services, locks, "initialize_repository", repository_id=repo)
     assert await rows(services, "SELECT id FROM commits") == []
     assert await queued(services) == []
     assert [status for _, path, status in fake_github.request_log if "commits" in path] == [409]
@@ -200,9 +200,9 @@ async def test_initialize_of_a_repository_github_does_not_know_fails_permanently
 
 
 async def test_initialize_of_a_missing_repository_is_a_no_op(
-    services: Services, fake_github: FakeGitHub, lock_pool: asyncpg.Pool
+    services: Services, fake_github: FakeGitHub, locks: Locks
 ) -> None:
-    await run_here(services, lock_pool, "initialize_repository", repository_id=4242)
+    await run_here(services, locks, "initialize_repository", repository_id=4242)
     assert fake_github.request_log == []
     assert await queued(services) == []
 

@@ -11,8 +11,8 @@ dedupe key was already released by the statement that picked it: ``worker._Queue
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,13 +24,11 @@ from sqlalchemy import CursorResult, Executable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cocov_jobs.config import Settings
+from cocov_jobs.engine.locks import Locks
 from cocov_jobs.engine.queue import enqueued_by
 from cocov_jobs.engine.registry import JobDefinition
 from cocov_jobs.engine.retry import Retry, RetryPolicy, decide, lock_busy
 from cocov_jobs.services import Services
-
-_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
-_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
 
 
 async def keep_connection_state(conn: asyncpg.Connection) -> None:
@@ -38,8 +36,8 @@ async def keep_connection_state(conn: asyncpg.Connection) -> None:
 
     asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET
     ALL`` on every release: one more round trip for each of PgQueuer's statements. Nothing
-    the worker runs leaves such state behind: an advisory lock whose unlock did not complete
-    closes its connection instead (:meth:`JobContext.advisory_lock`).
+    the worker runs leaves such state behind (advisory locks are held on a connection of their
+    own: :mod:`~cocov_jobs.engine.locks`).
     """
 
 
@@ -50,8 +48,8 @@ class JobContext:
     name: str
     #: Times this job was already re-queued after a counted failure (0 on the first run).
     attempts: int
-    #: Pool used for session-level advisory locks (held for the whole job).
-    lock_pool: asyncpg.Pool
+    #: This worker's advisory locks.
+    locks: Locks
     log: Any
 
     @property
@@ -91,24 +89,10 @@ class JobContext:
     def redis(self) -> aioredis.Redis:
         return self.services.redis
 
-    @asynccontextmanager
-    async def advisory_lock(self, key: str) -> AsyncIterator[bool]:
-        """Try a session-level advisory lock on ``key``; yield whether we got it.
-
-        The lock lives on its own pooled connection, so it is released when the job ends or,
-        if the worker dies, when PostgreSQL drops the connection.
-        """
-        async with self.lock_pool.acquire() as conn:
-            acquired = bool(await conn.fetchval(_LOCK, key))
-            try:
-                yield acquired
-            finally:
-                if acquired:
-                    try:
-                        await conn.execute(_UNLOCK, key)
-                    except BaseException:
-                        conn.terminate()  # the server drops the lock with the connection
-                        raise
+    def advisory_lock(self, key: str) -> AbstractAsyncContextManager[bool]:
+        """Try a session-level advisory lock on ``key``; yield whether we got it. It is released
+        when the block ends or, if the worker dies, when PostgreSQL drops its connection."""
+        return self.locks.hold(key)
 
 
 class RetryJob(RetryRequested):

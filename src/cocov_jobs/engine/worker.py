@@ -46,6 +46,7 @@ from pgqueuer.types import JOB_STATUS
 from cocov_jobs.db.session import asyncpg_dsn
 from cocov_jobs.engine import history, metrics
 from cocov_jobs.engine.context import JobContext, RetryJob, execute, keep_connection_state
+from cocov_jobs.engine.locks import Locks
 from cocov_jobs.engine.retry import INTERRUPTED, PermanentError
 from cocov_jobs.engine.schedules import run_periodic
 from cocov_jobs.logs import Redactor
@@ -61,8 +62,8 @@ BURST_POLL_INTERVAL = 0.1
 #: PostgreSQL refuses connections).
 RECONNECT_DELAY = 0.5
 RECONNECT_MAX_DELAY = 10.0
-#: Session settings of the worker's own pool: PgQueuer's bookkeeping (pick, heartbeat, finish,
-#: retry, schedules), this worker's row and the jobs' advisory locks. Job
+#: Session settings of the worker's own connections: PgQueuer's bookkeeping (pick, heartbeat,
+#: finish, retry, schedules), this worker's row, and the jobs' advisory locks. Job
 #: data never goes through it (jobs write through ``services.sessions``, enqueues included).
 #: ``synchronous_commit = off``: these commits do not wait for the WAL flush (measured on the
 #: 2-core bench machine: 1.1-2x the no-op drain rate, more under load; bench/README.md). Only a
@@ -236,6 +237,13 @@ class _Queries(Queries):
             self.runs.pop(job.id, None)
 
 
+def connect_locks(database_url: str) -> Locks:
+    """The advisory locks of a worker on ``database_url`` (on a connection with the settings of
+    the worker's pool)."""
+    dsn = asyncpg_dsn(database_url)
+    return Locks(functools.partial(asyncpg.connect, dsn, server_settings=WORKER_POOL_SETTINGS))
+
+
 def peak_connections(concurrency: int) -> int:
     """PostgreSQL connections one worker process holds at its busiest: a session per job slot,
     and in the queue's pool a lock connection per job slot plus the listener, dequeue, completion
@@ -279,6 +287,7 @@ class Worker:
         #: This worker's runs by job id, until their end is recorded (see ``_Queries``).
         self._runs: dict[int, history.Run] = {}
         self._redact = Redactor(settings.secret_values())
+        self._locks = connect_locks(services.database_url)
 
     # Control -----------------------------------------------------------------------------------
 
@@ -332,6 +341,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await qm_task
             await self._unregister()
+            await self._locks.close()
             await self._pool.close()
             log.info("worker stopped", worker_id=self.id)
 
@@ -474,7 +484,7 @@ class Worker:
                 job_id=job.id,
                 name=definition.name,
                 attempts=job.attempts,
-                lock_pool=self._pool,
+                locks=self._locks,
                 log=bound,
             )
             await execute(definition, ctx, args)
