@@ -507,9 +507,12 @@ async def store_identical_clones(st: Stage, name: str, shas: list[str]) -> list[
     source = repo_path / shas[0]
     mtime = int(source.stat().st_mtime)
 
-    async def copy(sha: str) -> int:
+    def link(sha: str) -> Path:
         work = st.bench.work_dir / f"build-{sha}"
-        await asyncio.to_thread(shutil.copytree, source, work / sha, copy_function=os.link)
+        shutil.copytree(source, work / sha, copy_function=os.link)
+        return work
+
+    async def build(sha: str, work: Path) -> int:
         try:
             build = await build_artifacts(work, sha, mtime=mtime, env=base_env(work))
             build.tree.rename(repo_path / sha)
@@ -521,7 +524,13 @@ async def store_identical_clones(st: Stage, name: str, shas: list[str]) -> list[
 
     sizes = [first]
     for offset in range(1, len(shas), 8):
-        sizes += await asyncio.gather(*(copy(sha) for sha in shas[offset : offset + 8]))
+        batch = shas[offset : offset + 8]
+        # Every tree linked before any is archived: a new link changes the shared file's ctime,
+        # which tar, reading that file for another tree, reports as "file changed as we read it".
+        works = [await asyncio.to_thread(link, sha) for sha in batch]
+        sizes += await asyncio.gather(
+            *(build(sha, work) for sha, work in zip(batch, works, strict=True))
+        )
     return sizes
 
 
