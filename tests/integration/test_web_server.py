@@ -4,8 +4,9 @@ worker process, stores down)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -114,20 +115,30 @@ async def test_request_postgresql_has_no_connection_for_is_503(
     assert response.headers["retry-after"]
 
 
+@contextlib.asynccontextmanager
+async def through_proxy(
+    services: Services, settings: Settings, redis_url: str
+) -> AsyncIterator[tuple[PostgresProxy, httpx.AsyncClient]]:
+    """A client of the app whose PostgreSQL is reached through a proxy that can be cut (the
+    fixture payloads' repository registered)."""
+    await fixture_repository(services)
+    proxy = PostgresProxy(services.database_url)
+    await proxy.start()
+    async with (
+        services_at(settings, database_url=proxy.url, redis_url=redis_url) as through,
+        http_client(through) as client,
+    ):
+        yield proxy, client
+
+
 async def test_after_postgresql_restarts_one_webhook_is_refused_and_the_next_applied(
     services: Services, settings: Settings, redis_url: str
 ) -> None:
     # A restart kills the pooled connections where SQLAlchemy does not see it (the push path
     # sends its statements straight to asyncpg): the request that meets a dead one is answered
     # 503 and must discard them, or every later request meets one too.
-    await fixture_repository(services)
-    proxy = PostgresProxy(services.database_url)
-    await proxy.start()
     answers = []
-    async with (
-        services_at(settings, database_url=proxy.url, redis_url=redis_url) as through,
-        http_client(through) as client,
-    ):
+    async with through_proxy(services, settings, redis_url) as (proxy, client):
         for attempt in range(4):
             body = {**payload("push"), "restart_test_attempt": attempt}
             answers.append((await deliver(client, "push", body, f"restart-{attempt}")).status_code)
@@ -142,13 +153,7 @@ async def test_after_postgresql_restarts_one_webhook_is_refused_and_the_next_app
 async def test_request_while_postgresql_is_down_is_503_and_writes_nothing(
     services: Services, settings: Settings, redis_url: str
 ) -> None:
-    await fixture_repository(services)
-    proxy = PostgresProxy(services.database_url)
-    await proxy.start()
-    async with (
-        services_at(settings, database_url=proxy.url, redis_url=redis_url) as through,
-        http_client(through) as client,
-    ):
+    async with through_proxy(services, settings, redis_url) as (proxy, client):
         assert (await client.get("/system/probes/readiness")).status_code == 200
         await proxy.cut()
         response = await deliver(client, "push", payload("push"), delivery="down-1")

@@ -153,8 +153,8 @@ _HISTORY_ERRORS = (
 class _Queries(Queries):
     """PgQueuer's queries, releasing dedupe keys at the pick (:class:`_QueueBuilder`), recording
     each run in the job history (:mod:`~cocov_jobs.engine.history`) in the statement that ends
-    it, with re-queues that do not use up an attempt, and every error
-    they store masked by ``redact`` (no secret in ``pgqueuer_log.traceback`` nor in a run's error;
+    it, with re-queues that do not use up an attempt, and every error they store masked by
+    ``redact`` (no secret in ``pgqueuer_log.traceback`` nor in a run's error;
     :mod:`cocov_jobs.logs`).
 
     ``runs`` holds this worker's runs by job id: the worker adds a run when it starts and fills
