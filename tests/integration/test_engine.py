@@ -156,36 +156,6 @@ async def test_dedupe_keeps_one_waiting_copy(services: Services) -> None:
     assert sorted(CALLS) == [("k", 0), ("other", 0)]
 
 
-async def test_jobs_and_their_origins_are_inserted_by_one_statement(services: Services) -> None:
-    sent: list[str] = []
-
-    def logged(record: asyncpg.connection.LoggedQuery) -> None:
-        sent.append(record.query)
-
-    deduped = services.registry.resolve("_test_deduped")
-    async with services.sessions.begin() as session, queue.enqueued_by("token:3"):
-        connection = await queue.asyncpg_connection(session)
-        connection.add_query_logger(logged)
-        try:
-            ids = await queue.insert_jobs(
-                session,
-                [
-                    queue.NewJob(deduped, {"key": "a"}),
-                    queue.NewJob(deduped, {"key": "a"}),  # coalesced with the first
-                    queue.NewJob(deduped, {"key": "b"}, origin="job:9"),
-                ],
-            )
-        finally:
-            connection.remove_query_logger(logged)
-    assert len([query for query in sent if "INSERT INTO" in query]) == 1  # besides type lookups
-    assert ids[0] is not None and ids[1] is None and ids[2] is not None
-    async with services.engine.connect() as conn:
-        origins = await conn.execute(
-            text("SELECT job_id, enqueued_by FROM cocov_jobs_job_origins ORDER BY job_id")
-        )
-        assert [tuple(row) for row in origins] == [(ids[0], "token:3"), (ids[2], "job:9")]
-
-
 async def test_picking_a_job_releases_its_dedupe_key(services: Services) -> None:
     """Released at the pick, in PgQueuer's own statement: a request arriving once the job is
     taken queues exactly one more run (which sees everything this one will)."""

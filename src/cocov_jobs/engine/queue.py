@@ -9,7 +9,7 @@ session factory of :class:`~cocov_jobs.services.Services` puts it in ``Session.i
 :data:`REGISTRY_KEY`, so every piece of code that holds a session can enqueue by name and have
 the arguments validated, without a process-wide registry.
 
-**What enqueued a job** is recorded with it, by the same statement, in
+**What enqueued a job** is recorded with it, in the same transaction, in
 ``cocov_jobs_job_origins``: the origin set by the innermost :func:`enqueued_by` around the
 enqueue (``token:12``, ``webhook:<delivery>``, ``job:<id>`` — every job run sets its own —,
 ``schedule``, ``cli``…). Entry points set it once; the code they call enqueues as usual.
@@ -17,7 +17,6 @@ enqueue (``token:12``, ``webhook:<delivery>``, ``job:<id>`` — every job run se
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from contextvars import ContextVar, Token
@@ -25,7 +24,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pgqueuer.adapters.persistence.qb import QueryQueueBuilder
+from pgqueuer.db import AsyncpgDriver
+from pgqueuer.queries import Queries
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cocov_jobs.engine.registry import JobDefinition, Registry
@@ -35,29 +35,7 @@ REGISTRY_KEY = "cocov_jobs.registry"
 
 _origin: ContextVar[str | None] = ContextVar("cocov_jobs_enqueued_by", default=None)
 
-#: The last CTE added to PgQueuer's enqueue statement: each new job's origin ($7, by position).
-_RECORD_ORIGINS = """, cocov_jobs_origins AS (
-    INSERT INTO cocov_jobs_job_origins (job_id, enqueued_by)
-    SELECT ins.id, origin.enqueued_by
-    FROM inserted ins
-    JOIN input i ON i.id = ins.id
-    JOIN unnest($7::text[]) WITH ORDINALITY AS origin(enqueued_by, ord) ON origin.ord = i.ord
-    WHERE origin.enqueued_by IS NOT NULL
-)
-"""
-#: Where PgQueuer's enqueue statement ends its CTEs: the ids of the inserted rows by position.
-_ENQUEUE_RESULT = "SELECT i.ord AS ord, ins.id AS id"
-
-
-@functools.cache
-def _enqueue_statement() -> str:
-    """PgQueuer's enqueue statement (a copy whose dedupe key waits is skipped) that also records
-    the new jobs' origins: one statement, one round trip for both."""
-    statement = QueryQueueBuilder().build_enqueue_query("skip")
-    head, result, tail = statement.rpartition(_ENQUEUE_RESULT)
-    if not result:
-        raise RuntimeError("PgQueuer's enqueue statement changed: origins cannot be added to it")
-    return f"{head}{_RECORD_ORIGINS}{result}{tail}"
+_RECORD_ORIGIN = "INSERT INTO cocov_jobs_job_origins (job_id, enqueued_by) VALUES ($1, $2)"
 
 
 class Origin:
@@ -139,19 +117,24 @@ async def insert_jobs(session: AsyncSession, jobs: Sequence[NewJob]) -> list[int
     keys = [job.definition.dedupe_key(job.values) if job.dedupe else None for job in jobs]
     order = sorted(range(len(jobs)), key=lambda i: keys[i] or "")
     connection = await asyncpg_connection(session)
-    rows = await connection.fetch(
-        _enqueue_statement(),
-        [0] * len(jobs),
+    ids = await Queries(AsyncpgDriver(connection)).enqueue(
         [jobs[i].definition.name for i in order],
         [json.dumps(jobs[i].values).encode() for i in order],
-        [timedelta(seconds=max(jobs[i].delay, 0.0)) for i in order],
+        [0] * len(jobs),
+        [timedelta(seconds=jobs[i].delay) if jobs[i].delay > 0 else None for i in order],
         [keys[i] for i in order],
-        [None] * len(jobs),
-        [jobs[i].origin or _origin.get() for i in order],
+        on_conflict="skip",
     )
     placed: list[int | None] = [None] * len(jobs)
-    for row in rows:
-        placed[order[row["ord"] - 1]] = row["id"]
+    for position, job_id in zip(order, ids, strict=True):
+        placed[position] = job_id
+    origins = [
+        (job_id, job.origin or _origin.get())
+        for job, job_id in zip(jobs, placed, strict=True)
+        if job_id is not None and (job.origin or _origin.get())
+    ]
+    if origins:
+        await connection.executemany(_RECORD_ORIGIN, origins)
     return placed
 
 
