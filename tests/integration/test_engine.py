@@ -15,13 +15,14 @@ from tests.support.helpers import drain, job_log, jobs
 
 from cocov_jobs import jobs as product_jobs
 from cocov_jobs.db.session import asyncpg_dsn
-from cocov_jobs.engine import queue
+from cocov_jobs.engine import admin, queue
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import JobArgumentsError, Registry, UnknownJobError, job
 from cocov_jobs.engine.retry import Deferred, PermanentError
 from cocov_jobs.engine.schedules import enqueue_periodic
-from cocov_jobs.engine.worker import _Queries
+from cocov_jobs.engine.worker import Worker, _Queries, connect_locks
 from cocov_jobs.services import Services
+from cocov_jobs.testing.processes import until
 
 CALLS: list[tuple[str, int]] = []
 FAILURES: dict[str, int] = {}
@@ -144,6 +145,34 @@ async def test_busy_lock_requeues_instead_of_blocking(services: Services) -> Non
     await drain(services, concurrency=4)
     assert len(CALLS) == 2
     assert await jobs(services) == []
+
+
+async def test_a_canceled_locked_job_releases_its_lock_while_its_worker_runs_on(
+    services: Services,
+) -> None:
+    async with services.sessions.begin() as session:
+        job_id = await queue.enqueue(session, "_test_locked", key="C", hold=60.0)
+    assert job_id is not None
+    worker = Worker(services, concurrency=2)
+    running = asyncio.create_task(worker.run())
+    other = connect_locks(services.database_url)  # another worker's locks
+    try:
+        await until(lambda: ("C", 0) in CALLS)
+        async with other.hold("res:C") as taken:
+            assert not taken  # the running job holds it
+        assert await admin.cancel(services, job_id)
+
+        async def free() -> bool:
+            async with other.hold("res:C") as taken:
+                return taken
+
+        await until(free)  # the canceled run releases it on its way out
+        assert not running.done()
+        assert await jobs(services) == []
+    finally:
+        await other.close()
+        worker.stop()
+        await asyncio.wait_for(running, 30)
 
 
 async def test_dedupe_keeps_one_waiting_copy(services: Services) -> None:
