@@ -198,12 +198,7 @@ def worker(
         server = None if sock is None else make_server(create_probe_app(services), *address)
         await serve_with_worker(w, server, sock)
 
-    run_async(
-        settings,
-        body,
-        pool_size=concurrency or settings.worker_concurrency,
-        redis="warn",
-    )
+    run_async(settings, body, pool_size=concurrency or settings.worker_concurrency, redis="warn")
 
 
 def supervise(settings: Settings, processes: int, concurrency: int | None, burst: bool) -> int:
