@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cocov_jobs.engine import queue
 from cocov_jobs.engine.retry import PermanentError
 from cocov_jobs.gitstore.layout import check_sha
-from cocov_jobs.registration import register_pushed_commit
+from cocov_jobs.registration import HeadCommit, register_pushed_commit
 
 log = structlog.get_logger(__name__)
 
@@ -211,16 +211,16 @@ async def register_push(effects: EventEffects, payload: Payload) -> None:
     except ValueError as exc:
         raise MalformedPayload(f"push head_commit.id: {exc}") from None
     before = _text(payload.get("before")).lower()
-    registration = await register_pushed_commit(
-        effects.session,
-        effects.redis,
-        github_id=github_id,
+    commit = HeadCommit(
         branch=branch,
         sha=sha,
         message=_text(_field(head, "message")),
         author_name=_text(_field(head, "author", "name")),
         author_email=_text(_field(head, "author", "email")),
         expected_head=None if payload.get("forced") is True else before,
+    )
+    registration = await register_pushed_commit(
+        effects.session, effects.redis, github_id=github_id, commit=commit
     )
     if registration is None:  # not a repository of ours
         return

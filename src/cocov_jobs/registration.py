@@ -201,93 +201,57 @@ async def queue_coverage(
     return QueuedCoverage(int(upload_id), job_id)
 
 
-async def register_head_commit(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    *,
-    repository_id: int,
-    branch: str,
-    sha: str,
-    message: str,
-    author_name: str,
-    author_email: str,
-    expected_head: str | None = None,
-) -> Registration:
-    """Create or reuse commit ``sha``, make it the head of ``branch`` and enqueue its work.
+@dataclass(frozen=True)
+class HeadCommit:
+    """A commit to register as the head of ``branch``. With ``expected_head`` (a push's
+    ``before``) the head moves only from that commit, or when the branch has no head yet."""
 
-    With ``expected_head`` (a push's ``before``) the head moves only from that commit, or when
-    the branch has no head yet: a replayed or late push never moves a head backwards. The
-    commit is registered either way; ``kept_head`` then names the head left in place.
+    branch: str
+    sha: str
+    message: str
+    author_name: str
+    author_email: str
+    expected_head: str | None = None
+
+
+async def register_head_commit(
+    session: AsyncSession, redis: aioredis.Redis, *, repository_id: int, commit: HeadCommit
+) -> Registration:
+    """Create or reuse ``commit``, make it the head of its branch and enqueue its work.
+
+    A replayed or late push (its ``expected_head`` no longer the head) never moves a head
+    backwards: the commit is registered either way, and ``kept_head`` then names the head left
+    in place.
     """
-    registration = await _register(
-        session,
-        redis,
-        _REGISTER_BY_ID,
-        repository_id,
-        branch=branch,
-        sha=sha,
-        message=message,
-        author_name=author_name,
-        author_email=author_email,
-        expected_head=expected_head,
-    )
+    registration = await _register(session, redis, _REGISTER_BY_ID, repository_id, commit)
     if registration is None:
         raise LookupError(f"repository {repository_id} does not exist")
     return registration
 
 
 async def register_pushed_commit(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    *,
-    github_id: int,
-    branch: str,
-    sha: str,
-    message: str,
-    author_name: str,
-    author_email: str,
-    expected_head: str | None,
+    session: AsyncSession, redis: aioredis.Redis, *, github_id: int, commit: HeadCommit
 ) -> Registration | None:
     """:func:`register_head_commit` for the repository of GitHub id ``github_id``; None when
     there is no such repository here."""
-    return await _register(
-        session,
-        redis,
-        _REGISTER_BY_GITHUB_ID,
-        github_id,
-        branch=branch,
-        sha=sha,
-        message=message,
-        author_name=author_name,
-        author_email=author_email,
-        expected_head=expected_head,
-    )
+    return await _register(session, redis, _REGISTER_BY_GITHUB_ID, github_id, commit)
 
 
 async def _register(
-    session: AsyncSession,
-    redis: aioredis.Redis,
-    statement: str,
-    match: int,
-    *,
-    branch: str,
-    sha: str,
-    message: str,
-    author_name: str,
-    author_email: str,
-    expected_head: str | None,
+    session: AsyncSession, redis: aioredis.Redis, statement: str, match: int, commit: HeadCommit
 ) -> Registration | None:
     connection = await queue.asyncpg_connection(session)
+    sha, branch = commit.sha, commit.branch
     row = await connection.fetchrow(
         statement,
         match,
         sha,
         branch,
-        message,
-        author_name,
-        author_email,
+        commit.message,
+        commit.author_name,
+        commit.author_email,
         int(CloneStatus.queued),
-        expected_head,
+        commit.expected_head,
     )
     if row is None:
         return None

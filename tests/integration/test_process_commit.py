@@ -21,7 +21,7 @@ from cocov_jobs import contracts
 from cocov_jobs.checks import run_checks
 from cocov_jobs.clones import load_commit
 from cocov_jobs.db.models import CheckSetStatus, CloneStatus, ErrorKind
-from cocov_jobs.registration import register_head_commit
+from cocov_jobs.registration import HeadCommit, register_head_commit
 from cocov_jobs.services import Services
 from cocov_jobs.testing import FakeGitHub
 
@@ -210,11 +210,7 @@ async def test_already_processed_sha_on_another_branch_only_moves_the_head(
             session,
             services.redis,
             repository_id=pushed.repository_id,
-            branch="feature",
-            sha=pushed.sha,
-            message="Initial commit",
-            author_name="Dev",
-            author_email="dev@example.com",
+            commit=HeadCommit("feature", pushed.sha, "Initial commit", "Dev", "dev@example.com"),
         )
     assert registration.process_commit_job is None
     assert await jobs(services) == []

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cocov_jobs.engine.context import JobContext
 from cocov_jobs.engine.registry import job
 from cocov_jobs.engine.retry import PermanentError, TransientError
-from cocov_jobs.registration import register_head_commit
+from cocov_jobs.registration import HeadCommit, register_head_commit
 
 _STATE = """
 SELECT name, default_branch,
@@ -49,25 +49,15 @@ class _State:
     initialized: bool
 
 
-@dataclass(frozen=True)
-class HeadCommit:
-    """What GitHub says about the newest commit of a branch."""
-
-    sha: str
-    message: str
-    author_name: str
-    author_email: str
-
-    @classmethod
-    def from_github(cls, data: dict[str, Any]) -> HeadCommit:
-        try:
-            commit = data["commit"]
-            author = commit["author"]
-            return cls(
-                str(data["sha"]), str(commit["message"]), str(author["name"]), str(author["email"])
-            )
-        except (KeyError, TypeError) as exc:
-            raise PermanentError(f"GitHub's commit listing lacks {exc}") from None
+def _head_commit(data: dict[str, Any], branch: str) -> HeadCommit:
+    """What GitHub says about the newest commit of ``branch``, as the head to register."""
+    try:
+        commit = data["commit"]
+        author = commit["author"]
+        sha, message = str(data["sha"]), str(commit["message"])
+        return HeadCommit(branch, sha, message, str(author["name"]), str(author["email"]))
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(f"GitHub's commit listing lacks {exc}") from None
 
 
 @job(lock="initialize-repository:{repository_id}", dedupe="{repository_id}")
@@ -84,7 +74,7 @@ async def initialize_repository(ctx: JobContext, repository_id: int) -> None:
     if latest is None:
         ctx.log.info("repository has no commits yet", repository_id=repository_id)
         return
-    head = HeadCommit.from_github(latest)
+    head = _head_commit(latest, before.default_branch)
     async with ctx.db.begin() as session:
         now = await _state(session, repository_id, lock=True)
         if now is None or now.initialized:
@@ -92,14 +82,7 @@ async def initialize_repository(ctx: JobContext, repository_id: int) -> None:
         if (now.name, now.default_branch) != (before.name, before.default_branch):
             raise TransientError("the repository was renamed or its default branch changed")
         registration = await register_head_commit(
-            session,
-            ctx.redis,
-            repository_id=repository_id,
-            branch=now.default_branch,
-            sha=head.sha,
-            message=head.message,
-            author_name=head.author_name,
-            author_email=head.author_email,
+            session, ctx.redis, repository_id=repository_id, commit=head
         )
     await registration.after_commit(ctx.redis)
     ctx.log.info(
