@@ -84,20 +84,16 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-def store_unavailable_error() -> ApiError:
+async def _store_error(request: Request, exc: Exception) -> Response:
     """The 503 of a request that met a store it could not reach (nothing committed)."""
-    return ApiError(
+    if not store_unavailable(exc):
+        raise exc
+    return error_response(
         503,
         "service.unavailable",
         "A data store is unavailable; nothing was recorded. Try again later.",
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    if not store_unavailable(exc):
-        raise exc
-    return await _api_error(request, store_unavailable_error())
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -58,12 +58,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cocov_jobs.config import Settings
-from cocov_jobs.db.session import raw_connection_lost, transaction
+from cocov_jobs.db.session import transaction
 from cocov_jobs.engine import queue
 from cocov_jobs.github_events import MalformedPayload, apply_event, event_action
 from cocov_jobs.services import Services
 from cocov_jobs.web.body import MIB, parse_json_object, spool_body
-from cocov_jobs.web.errors import ApiError, store_unavailable_error
+from cocov_jobs.web.errors import ApiError
 
 log = structlog.get_logger(__name__)
 
@@ -197,21 +197,16 @@ async def _apply_or_defer(services: Services, delivery: Delivery) -> str:
 
 async def _defer(services: Services, delivery: Delivery) -> str:
     """Record the delivery with a ``process_webhook`` job that applies it with retries."""
-    try:
-        async with transaction(services.sessions) as session:
-            if not await _record(session, delivery):
-                return DUPLICATE
-            await queue.enqueue(
-                session,
-                "process_webhook",
-                delivery_id=delivery.id,
-                event=delivery.event,
-                payload=delivery.payload,
-            )
-    except Exception as exc:
-        if raw_connection_lost(exc):
-            raise store_unavailable_error() from exc
-        raise
+    async with transaction(services.sessions) as session:
+        if not await _record(session, delivery):
+            return DUPLICATE
+        await queue.enqueue(
+            session,
+            "process_webhook",
+            delivery_id=delivery.id,
+            event=delivery.event,
+            payload=delivery.payload,
+        )
     return DEFERRED
 
 
