@@ -16,7 +16,7 @@ from cocov_jobs.engine.history import (
     HISTOGRAM_RATIO,
     ROLL_UP_MARGIN,
     WINDOWS,
-    _Bounds,
+    Bounds,
     histogram_percentiles,
 )
 
@@ -43,7 +43,7 @@ def test_only_complete_utc_hours_that_ended_a_margin_ago_are_rolled(offset: time
     start = datetime(2026, 12, 5, 13, 0, tzinfo=UTC)
     for minute in range(0, 150, 7):
         now = (start + timedelta(minutes=minute, seconds=13)).astimezone(offset)
-        bounds = _Bounds(now)
+        bounds = Bounds(now)
         cutoff = bounds.cutoff
         assert cutoff.astimezone(UTC).minute == cutoff.second == cutoff.microsecond == 0
         # Every hour before the cutoff ended a margin ago; the cutoff's own hour did not.

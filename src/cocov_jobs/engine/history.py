@@ -455,7 +455,7 @@ def _hour(moment: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
-class _Bounds:
+class Bounds:
     """Where one reading's windows start, from the moment ``now`` of its roll-up."""
 
     now: datetime
@@ -554,7 +554,7 @@ async def roll_up_hours(session: AsyncSession) -> datetime:
     already there is left as it is."""
     await session.execute(_ROLL_UP_LOCK)
     now: datetime = (await session.execute(_NOW)).scalar_one()
-    bounds = _Bounds(now)
+    bounds = Bounds(now)
     hours = (
         (
             await session.execute(
@@ -570,9 +570,11 @@ async def roll_up_hours(session: AsyncSession) -> datetime:
     return now
 
 
-async def _rolled_up(services: Services) -> _Bounds:
+async def rolled_up(services: Services) -> Bounds:
+    """Roll up the hours still missing (:func:`roll_up_hours`); the bounds to read by. A view
+    that shows both readers passes the same bounds to each, so it rolls up once."""
     async with services.sessions.begin() as session:
-        return _Bounds(await roll_up_hours(session))
+        return Bounds(await roll_up_hours(session))
 
 
 def _inside_runs(name: str) -> str:
@@ -668,12 +670,12 @@ _HISTOGRAMS = _histograms_sql()
 _QUANTILES = (0.5, 0.95)
 
 
-async def job_metrics(services: Services) -> list[Figures]:
+async def job_metrics(services: Services, bounds: Bounds | None = None) -> list[Figures]:
     """Per job and window (:data:`WINDOWS`, windows without runs left out): runs, failures,
     p50/p95/max duration and queue wait. Counts and maxima are exact; percentiles are SQL's
     ``percentile_cont`` over the runs in :data:`EXACT_WINDOWS`, and read from the hourly
     roll-ups' histograms in the longer ones (:func:`histogram_percentiles`)."""
-    parameters = (await _rolled_up(services)).parameters()
+    parameters = (bounds or await rolled_up(services)).parameters()
     async with services.raw_connection() as conn, conn.transaction(isolation="repeatable_read"):
         await conn.execute(_NO_JIT)
         rows = await conn.fetch(_METRICS, *parameters)
@@ -728,9 +730,11 @@ GROUP BY 1, 2
 """
 
 
-async def hourly_runs(services: Services) -> dict[str, list[dict[str, Any]]]:
+async def hourly_runs(
+    services: Services, bounds: Bounds | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Job → the last 24 hours, oldest first: ``bucket``, ``processed``, ``failed`` per hour."""
-    bounds = await _rolled_up(services)
+    bounds = bounds or await rolled_up(services)
     hours = [_hour(bounds.now) - timedelta(hours=23 - i) for i in range(24)]
     async with services.raw_connection() as conn:
         rows = await conn.fetch(_HOURLY, hours[0], bounds.cutoff)

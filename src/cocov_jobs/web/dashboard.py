@@ -322,8 +322,9 @@ async def finished(request: Request) -> Response:
 @page
 async def metrics(request: Request) -> Response:
     services = _services(request)
+    bounds = await history.rolled_up(services)
     figures, hourly = await asyncio.gather(
-        history.job_metrics(services), history.hourly_runs(services)
+        history.job_metrics(services, bounds), history.hourly_runs(services, bounds)
     )
     by_job: dict[str, list[history.Figures]] = {}
     for figure in figures:
